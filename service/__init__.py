@@ -1,0 +1,1 @@
+"""simrating: a gRPC rating service for IoT SIM connectivity."""

@@ -1,0 +1,5 @@
+"""Pure domain rules: money, periods, rating, activation, settlement.
+
+Nothing here imports grpc, asyncpg or asyncio: plain typed functions over the frozen
+dataclasses of `model`.
+"""

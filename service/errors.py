@@ -1,0 +1,45 @@
+"""The one hierarchy of domain errors, translated to gRPC status codes by the API layer.
+
+    RatingError
+    ├── InvalidArgument      bad input; names the offending field     -> INVALID_ARGUMENT
+    ├── NotFound             unknown plan, account, SIM or invoice     -> NOT_FOUND
+    ├── AlreadyExists        same id, different immutable content      -> ALREADY_EXISTS
+    ├── FailedPrecondition   a rule forbids it in the current state    -> FAILED_PRECONDITION
+    ├── Overloaded           a bounded queue or limit is full          -> RESOURCE_EXHAUSTED
+    └── StorageUnavailable   PostgreSQL cannot be reached              -> UNAVAILABLE
+"""
+
+from __future__ import annotations
+
+
+class RatingError(Exception):
+    """Base of every error the service reports to callers."""
+
+
+class InvalidArgument(RatingError):
+    """A request field is malformed or out of range."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFound(RatingError):
+    """An id that does not exist."""
+
+
+class AlreadyExists(RatingError):
+    """An immutable object exists with different content."""
+
+
+class FailedPrecondition(RatingError):
+    """The request is well-formed but a rule forbids it now."""
+
+
+class Overloaded(RatingError):
+    """A bounded queue is full; the caller should back off and retry."""
+
+
+class StorageUnavailable(RatingError):
+    """PostgreSQL is unreachable; nothing was acknowledged, retrying is safe."""

@@ -1,0 +1,1 @@
+"""Asyncio workers: persister (group commit), activation (grace deadlines), settlement."""
