@@ -1,0 +1,41 @@
+"""Entry point: `python -m service` (or `simrating`). Reads the environment and flags,
+configures logging, installs signal handlers and runs the service until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from service.app import Application
+from service.errors import InvalidArgument
+from service.logs import configure_logging
+from service.settings import Settings
+
+
+async def serve(settings: Settings) -> None:
+    app = Application(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, app.request_stop)
+    try:
+        await app.start()
+        await app.wait()
+    finally:
+        await app.stop()
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_environment()
+    except InvalidArgument as exc:
+        sys.exit(f"simrating: bad setting {exc}")
+    configure_logging(settings.log_format)
+    structlog.get_logger("main").info("starting", grpc_addr=settings.grpc_addr)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

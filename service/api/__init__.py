@@ -1,0 +1,1 @@
+"""The gRPC layer: servicers that convert proto <-> domain and nothing else."""

@@ -1,0 +1,159 @@
+"""Proto messages <-> domain objects. No rules here beyond field presence and enum range."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from rating.v1 import types_pb2 as pb
+from service.domain import model as m
+from service.errors import InvalidArgument
+
+E = TypeVar("E", bound=m.enum.Enum)
+
+# Timestamp.ToDatetime accepts 0001-01-01..9999-12-31; outside that, the field is invalid.
+_MIN_SECONDS = -62135596800
+_MAX_SECONDS = 253402300799
+
+
+def enum_from_proto(enum_type: type[E], value: int, field: str) -> E:
+    """Proto enum number -> domain enum (values are shared); 0 and unknown numbers are invalid."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        raise InvalidArgument(field, f"unknown or unspecified value {value}") from None
+
+
+def time_from_proto(ts: Timestamp, field: str) -> datetime:
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "out of range")
+    return datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
+
+
+def optional_time(msg: object, name: str, field: str) -> datetime | None:
+    if not msg.HasField(name):  # type: ignore[attr-defined]
+        return None
+    return time_from_proto(getattr(msg, name), field)
+
+
+def time_to_proto(when: datetime | None, target: Timestamp) -> None:
+    if when is not None:
+        target.FromDatetime(when)
+
+
+def duration_from_proto(d: Duration, field: str) -> timedelta:
+    if d.seconds < 0 or d.nanos < 0 or d.seconds > 100 * 365 * 86400:
+        raise InvalidArgument(field, "must be between 0 and 100 years")
+    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
+
+
+# --- catalog -------------------------------------------------------------------------------
+
+
+def plan_from_proto(p: pb.Plan) -> m.Plan:
+    return m.Plan(
+        plan_id=p.plan_id,
+        currency=p.currency,
+        subscription_fee_micros=p.subscription_fee_micros,
+        activation_mode=enum_from_proto(m.ActivationMode, p.activation.mode, "plan.activation.mode"),
+        thresholds=tuple(
+            m.Threshold(
+                enum_from_proto(
+                    m.UsageType, t.usage_type, f"plan.activation.thresholds[{i}].usage_type"
+                ),
+                t.quantity,
+            )
+            for i, t in enumerate(p.activation.thresholds)
+        ),
+        grace_period=duration_from_proto(p.activation.grace_period, "plan.activation.grace_period"),
+        billing_mode=enum_from_proto(m.BillingMode, p.billing_mode, "plan.billing_mode"),
+        proration=enum_from_proto(m.Proration, p.proration, "plan.proration"),
+        usage_rates=tuple(
+            m.UsageRate(
+                usage_type=enum_from_proto(
+                    m.UsageType, r.usage_type, f"plan.usage_rates[{i}].usage_type"
+                ),
+                unit_quantity=r.unit_quantity,
+                rounding_increment=r.rounding_increment,
+                included_quantity=r.included_quantity,
+                pooled=r.pooled,
+                tiers=tuple(m.Tier(t.up_to_quantity, t.price_micros) for t in r.tiers),
+            )
+            for i, r in enumerate(p.usage_rates)
+        ),
+    )
+
+
+def plan_to_proto(plan: m.Plan) -> pb.Plan:
+    out = pb.Plan(
+        plan_id=plan.plan_id,
+        currency=plan.currency,
+        subscription_fee_micros=plan.subscription_fee_micros,
+        billing_mode=plan.billing_mode.value,  # type: ignore[arg-type]
+        proration=plan.proration.value,  # type: ignore[arg-type]
+        activation=pb.Activation(
+            mode=plan.activation_mode.value,  # type: ignore[arg-type]
+            thresholds=[
+                pb.ActivationThreshold(usage_type=t.usage_type.value, quantity=t.quantity)  # type: ignore[arg-type]
+                for t in plan.thresholds
+            ],
+        ),
+        usage_rates=[
+            pb.UsageRate(
+                usage_type=r.usage_type.value,  # type: ignore[arg-type]
+                unit_quantity=r.unit_quantity,
+                rounding_increment=r.rounding_increment,
+                included_quantity=r.included_quantity,
+                pooled=r.pooled,
+                tiers=[pb.Tier(up_to_quantity=t.up_to_quantity, price_micros=t.price_micros) for t in r.tiers],
+            )
+            for r in plan.usage_rates
+        ],
+    )
+    if plan.grace_period:
+        out.activation.grace_period.FromTimedelta(plan.grace_period)
+    return out
+
+
+def account_from_proto(a: pb.Account) -> m.Account:
+    return m.Account(
+        account_id=a.account_id,
+        currency=a.currency,
+        timezone=a.timezone or "UTC",
+        billing_day=a.billing_day or 1,
+        commitment_schedule=tuple(
+            m.CommitmentStep(
+                effective_period=s.effective_period,
+                min_billable_sims=s.min_billable_sims,
+                sim_commitment_plan_id=s.sim_commitment_plan_id,
+                min_spend_micros=s.min_spend_micros,
+            )
+            for s in a.commitment_schedule
+        ),
+    )
+
+
+def account_to_proto(a: m.Account) -> pb.Account:
+    return pb.Account(
+        account_id=a.account_id,
+        currency=a.currency,
+        timezone=a.timezone,
+        billing_day=a.billing_day,
+        commitment_schedule=[
+            pb.CommitmentStep(
+                effective_period=s.effective_period,
+                min_billable_sims=s.min_billable_sims,
+                sim_commitment_plan_id=s.sim_commitment_plan_id,
+                min_spend_micros=s.min_spend_micros,
+            )
+            for s in a.commitment_schedule
+        ],
+    )
+
+
+def usage_quantities(pairs: Iterable[tuple[m.UsageType, int]]) -> list[pb.UsageQuantity]:
+    return [pb.UsageQuantity(usage_type=t.value, quantity=q) for t, q in pairs]  # type: ignore[arg-type]

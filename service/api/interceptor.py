@@ -1,0 +1,157 @@
+"""One server interceptor for every RPC: metrics, the canonical log line, error mapping.
+
+Domain errors become status codes from the single table below; anything unexpected is
+logged with its traceback and answered INTERNAL, so no caller ever sees UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from service import errors
+from service.metrics import Metrics
+
+log = structlog.get_logger("rpc")
+
+STATUS_FOR_ERROR: tuple[tuple[type[errors.RatingError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(exc: errors.RatingError) -> grpc.StatusCode:
+    for error_type, code in STATUS_FOR_ERROR:
+        if isinstance(exc, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class _Call:
+    """Book-keeping of one RPC: start time, labels, outcome."""
+
+    def __init__(self, metrics: Metrics, method: str, grpc_type: str) -> None:
+        _, _, path = method.partition("/")
+        self.service, _, self.method = path.partition("/")
+        self.labels = (grpc_type, self.service, self.method)
+        self.metrics = metrics
+        self.started = time.perf_counter()
+        metrics.grpc_started.labels(*self.labels).inc()
+
+    def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.metrics.grpc_handled.labels(*self.labels, code.name).inc()
+        self.metrics.grpc_handling_seconds.labels(*self.labels).observe(elapsed)
+        log.info(
+            "rpc",
+            service=self.service,
+            method=self.method,
+            code=code.name,
+            duration_ms=round(elapsed * 1000, 3),
+            **fields,
+        )
+
+
+async def _fail(call: _Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Record the outcome of a failed RPC and abort it with the mapped status."""
+    if isinstance(exc, errors.RatingError):
+        code = status_for(exc)
+        call.finish(code, error=str(exc))
+        await context.abort(code, str(exc))
+    if isinstance(exc, NotImplementedError):  # the generated base servicer's default
+        call.finish(grpc.StatusCode.UNIMPLEMENTED)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+    call.finish(grpc.StatusCode.INTERNAL, error=repr(exc), exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(handler.stream_stream, method, "bidi_stream"),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, "server_stream"),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_unary(self, behavior: Any, method: str) -> Any:
+        metrics = self._metrics
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(metrics, method, "unary")
+            try:
+                response = await behavior(request, context)
+            except asyncio.CancelledError:
+                call.finish(grpc.StatusCode.CANCELLED)
+                raise
+            except grpc.aio.AbortError:
+                call.finish(_code_of(context))
+                raise
+            except Exception as exc:
+                await _fail(call, context, exc)
+            call.finish(_code_of(context))
+            return response
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Any, method: str, grpc_type: str) -> Any:
+        metrics = self._metrics
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(metrics, method, grpc_type)
+            messages = 0
+            try:
+                async for response in behavior(request, context):
+                    messages += 1
+                    yield response
+            except asyncio.CancelledError:
+                call.finish(grpc.StatusCode.CANCELLED, messages=messages)
+                raise
+            except grpc.aio.AbortError:
+                call.finish(_code_of(context), messages=messages)
+                raise
+            except Exception as exc:
+                await _fail(call, context, exc)
+            call.finish(_code_of(context), messages=messages)
+
+        return wrapper

@@ -1,0 +1,211 @@
+"""Wiring: database, cache, workers and the gRPC server, started and stopped in order.
+
+Start: database (embedded if no URL) -> migrations -> cache load -> workers -> gRPC
+server -> health SERVING. Stop: health NOT_SERVING -> server.stop(grace) -> workers
+drain (the persister flushes what it holds) -> pool closed with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from rating.v1 import (
+    billing_service_pb2,
+    billing_service_pb2_grpc,
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    clock_service_pb2,
+    clock_service_pb2_grpc,
+    provisioning_service_pb2,
+    provisioning_service_pb2_grpc,
+    rating_service_pb2,
+    rating_service_pb2_grpc,
+)
+from service import db, repository
+from service.api.catalog import CatalogServicer
+from service.api.clock import ClockServicer
+from service.api.interceptor import ObservabilityInterceptor
+from service.api.provisioning import ProvisioningServicer
+from service.api.rating import RatingServicer
+from service.cache import StateCache
+from service.catalog import Catalog
+from service.clock import Clock, SystemClock, TestClock
+from service.metrics import Metrics
+from service.provisioning import Provisioning
+from service.settings import Settings
+
+log = structlog.get_logger("app")
+
+SERVICE_NAMES = (
+    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    provisioning_service_pb2.DESCRIPTOR.services_by_name["ProvisioningService"].full_name,
+    rating_service_pb2.DESCRIPTOR.services_by_name["RatingService"].full_name,
+    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    clock_service_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name,
+)
+
+
+class Application:
+    """One running service instance. `start()` then `wait()`; `stop()` from anywhere."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.clock: Clock = (
+            TestClock(settings.clock_start) if settings.test_clock else SystemClock()
+        )
+        self.cache = StateCache()
+        self.health = health_aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._pool: asyncpg.Pool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "start() first"
+        return self._pool
+
+    async def start(self) -> None:
+        url = self.settings.database_url or await db.embedded_url(self.settings.data_dir)
+        self._pool = await db.create_pool(url)
+        async with self._pool.acquire() as conn:
+            await db.migrate(conn)
+        await self._load_cache()
+        write_lock = asyncio.Lock()
+        catalog = Catalog(self.pool, self.cache, self.clock, write_lock)
+        provisioning = Provisioning(self.pool, self.cache, self.clock, write_lock)
+        provisioning.listeners.append(self._count_states)
+        self._count_states(())
+        await self._start_grpc(catalog, provisioning)
+        self._start_metrics_http()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            grpc_port=self.port,
+            metrics_port=self.metrics_port,
+            sims=len(self.cache.sims),
+            clock="test" if self.settings.test_clock else "system",
+        )
+
+    async def _load_cache(self) -> None:
+        async with self.pool.acquire() as conn:
+            for plan in await repository.load_plans(conn):
+                self.cache.put_plan(plan)
+            for account in await repository.load_accounts(conn):
+                self.cache.put_account(account)
+            self.cache.put_sims(await repository.load_sims(conn))
+        self.cache.loaded = True
+        log.info(
+            "cache loaded",
+            plans=len(self.cache.plans),
+            accounts=len(self.cache.accounts),
+            sims=len(self.cache.sims),
+        )
+
+    def _count_states(self, _changed: object) -> None:
+        for state, count in self.cache.state_counts.items():
+            self.metrics.sims.labels(state.name).set(count)
+
+    async def _start_grpc(self, catalog: Catalog, provisioning: Provisioning) -> None:
+        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(self.metrics)])
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
+            CatalogServicer(catalog, self.cache), server
+        )
+        provisioning_service_pb2_grpc.add_ProvisioningServiceServicer_to_server(
+            ProvisioningServicer(provisioning, self.cache, self.clock), server
+        )
+        rating_service_pb2_grpc.add_RatingServiceServicer_to_server(
+            RatingServicer(self.cache, self.clock), server
+        )
+        billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
+            billing_service_pb2_grpc.BillingServiceServicer(), server
+        )
+        served = list(SERVICE_NAMES)
+        if isinstance(self.clock, TestClock):
+            clock_service_pb2_grpc.add_ClockServiceServicer_to_server(
+                ClockServicer(self.clock), server
+            )
+        else:
+            served.remove(SERVICE_NAMES[-1])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        self.port = server.add_insecure_port(self.settings.grpc_addr)
+        await server.start()
+        self._server = server
+
+    def _start_metrics_http(self) -> None:
+        if self.settings.metrics_addr is None:
+            return
+        host, _, port = self.settings.metrics_addr.rpartition(":")
+        server, _thread = start_http_server(
+            int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.metrics.registry
+        )
+        self._metrics_server = server
+        self.metrics_port = server.server_port
+
+    def spawn(self, name: str, work: Awaitable[None]) -> None:
+        """Track a worker task; if it crashes, the service stops loudly."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker crashed; stopping the service", worker=name)
+                self._stopped.set()
+                raise
+
+        self._tasks.append(asyncio.create_task(guarded(), name=name))
+
+    async def wait(self) -> None:
+        """Until stop() is requested or a worker crashes."""
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except TimeoutError:
+                self._pool.terminate()
+        log.info("stopped")

@@ -1,0 +1,128 @@
+"""The in-memory state cache: plans, accounts, SIMs and open-period usage counters.
+
+Loaded from PostgreSQL at start; afterwards changed only after the matching commit, so
+what the cache shows is always what the database holds. The gRPC layer reads it and
+never the database for status and authorization calls.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from service.domain.model import Account, Plan, Sim, SimState, SimUsageFacts, UsageType
+from service.errors import NotFound
+
+
+@dataclass(slots=True)
+class UsageCounters:
+    """Running totals of one SIM, one period, one usage type."""
+
+    raw_quantity: int = 0
+    charged_rated_quantity: int = 0
+    charged_raw_quantity: int = 0
+    records: int = 0
+    charged_records: int = 0
+
+    def facts(self) -> SimUsageFacts:
+        return SimUsageFacts(
+            raw_quantity=self.raw_quantity,
+            charged_rated_quantity=self.charged_rated_quantity,
+            charged_raw_quantity=self.charged_raw_quantity,
+            records=self.records,
+            charged_records=self.charged_records,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UnchargedRecord:
+    """A record before billing start, kept while a late record can still move the start."""
+
+    event_time: datetime
+    usage_type: UsageType
+    quantity: int
+    rated_quantity: int
+    period: str
+
+
+@dataclass(slots=True)
+class SimUsage:
+    lifetime_raw: dict[UsageType, int] = field(default_factory=dict)
+    periods: dict[str, dict[UsageType, UsageCounters]] = field(default_factory=dict)
+    uncharged: list[UnchargedRecord] = field(default_factory=list)
+
+    def period(self, name: str) -> dict[UsageType, UsageCounters]:
+        return self.periods.get(name, {})
+
+    def counters(self, period: str, usage_type: UsageType) -> UsageCounters:
+        by_type = self.periods.setdefault(period, {})
+        counters = by_type.get(usage_type)
+        if counters is None:
+            counters = by_type[usage_type] = UsageCounters()
+        return counters
+
+
+_NO_USAGE = SimUsage()
+
+
+class StateCache:
+    def __init__(self) -> None:
+        self.plans: dict[str, Plan] = {}
+        self.accounts: dict[str, Account] = {}
+        self.sims: dict[str, Sim] = {}
+        self.sims_by_account: defaultdict[str, set[str]] = defaultdict(set)
+        self.state_counts: Counter[SimState] = Counter()
+        self.usage: dict[str, SimUsage] = {}
+        self.loaded = False
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def plan(self, plan_id: str) -> Plan:
+        try:
+            return self.plans[plan_id]
+        except KeyError:
+            raise NotFound(f"plan {plan_id!r} not found") from None
+
+    def account(self, account_id: str) -> Account:
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            raise NotFound(f"account {account_id!r} not found") from None
+
+    def sim(self, iccid: str) -> Sim:
+        try:
+            return self.sims[iccid]
+        except KeyError:
+            raise NotFound(f"SIM {iccid!r} not found") from None
+
+    def usage_of(self, iccid: str) -> SimUsage:
+        """The SIM's usage (read-only: a shared empty value when it has none)."""
+        return self.usage.get(iccid, _NO_USAGE)
+
+    def usage_for_update(self, iccid: str) -> SimUsage:
+        usage = self.usage.get(iccid)
+        if usage is None:
+            usage = self.usage[iccid] = SimUsage()
+        return usage
+
+    def account_has_sims(self, account_id: str) -> bool:
+        return bool(self.sims_by_account.get(account_id))
+
+    # --- writes, after commit ----------------------------------------------------------------
+
+    def put_plan(self, plan: Plan) -> None:
+        self.plans[plan.plan_id] = plan
+
+    def put_account(self, account: Account) -> None:
+        self.accounts[account.account_id] = account
+
+    def put_sims(self, sims: Iterable[Sim]) -> None:
+        for sim in sims:
+            previous = self.sims.get(sim.iccid)
+            if previous is not None:
+                self.state_counts[previous.state] -= 1
+            self.sims[sim.iccid] = sim
+            self.sims_by_account[sim.account_id].add(sim.iccid)
+            self.state_counts[sim.state] += 1

@@ -1,0 +1,56 @@
+"""Catalog use cases: create plans (immutable) and create or update accounts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from service import repository
+from service.cache import StateCache
+from service.clock import Clock
+from service.domain.catalog import validate_account, validate_plan
+from service.domain.model import Account, Plan
+from service.errors import AlreadyExists, FailedPrecondition
+
+
+class Catalog:
+    def __init__(
+        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: asyncio.Lock
+    ) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._clock = clock
+        self._write_lock = write_lock  # shared with provisioning: catalog writes are serial
+
+    async def put_plan(self, plan: Plan) -> bool:
+        """Store a new plan; True if created, False if an identical plan existed."""
+        validate_plan(plan)
+        async with self._write_lock:
+            existing = self._cache.plans.get(plan.plan_id)
+            if existing is not None:
+                if existing == plan:
+                    return False
+                raise AlreadyExists(
+                    f"plan {plan.plan_id!r} exists with different content; plans are immutable"
+                )
+            async with repository.transaction(self._pool) as conn:
+                await repository.insert_plan(conn, plan, self._clock.now())
+            self._cache.put_plan(plan)
+            return True
+
+    async def put_account(self, account: Account) -> bool:
+        """Create or update an account; True if created."""
+        validate_account(account, self._cache.plans)
+        async with self._write_lock:
+            existing = self._cache.accounts.get(account.account_id)
+            if existing is not None and self._cache.account_has_sims(account.account_id):
+                for name in ("currency", "timezone", "billing_day"):
+                    if getattr(existing, name) != getattr(account, name):
+                        raise FailedPrecondition(
+                            f"account.{name} cannot change once the account has SIMs"
+                        )
+            async with repository.transaction(self._pool) as conn:
+                await repository.upsert_account(conn, account, self._clock.now())
+            self._cache.put_account(account)
+            return existing is None

@@ -1,0 +1,54 @@
+"""Rating of single records: rated quantity, marginal price and the estimated charge.
+
+Estimates answer "what would this cost now" for AuthorizeSession and RecordResult; they are
+informative only. The invoice is computed by `settlement`, which prices the period's whole
+chargeable quantity at once, so per-record estimates need not add up to it exactly.
+"""
+
+from __future__ import annotations
+
+from service.domain.model import UsageRate
+from service.domain.money import price_through_tiers, round_half_up
+
+
+def rated_quantity(quantity: int, rate: UsageRate | None) -> int:
+    """`quantity` rounded up to a multiple of the rate's rounding increment.
+
+    A usage type the plan does not price keeps its raw quantity: it is rated at zero price
+    but still counts as usage.
+    """
+    if quantity < 0:
+        raise ValueError(f"quantity must be >= 0, got {quantity}")
+    if rate is None:
+        return quantity
+    increment = rate.rounding_increment
+    return -(-quantity // increment) * increment
+
+
+def estimate_charge(rate: UsageRate | None, used_before: int, quantity: int, included: int) -> int:
+    """Estimated micros (half-up to whole micros) of `quantity` more rated units.
+
+    `used_before` is the rated quantity already counted against `included`, the allowance
+    available; only the part above the allowance is charged, priced through the tiers at
+    the position the chargeable quantity has reached:
+    price(max(0, used_before + quantity - included)) - price(max(0, used_before - included)).
+    """
+    if rate is None or quantity <= 0:
+        return 0
+    before = max(0, used_before - included)
+    after = max(0, used_before + quantity - included)
+    price_after = price_through_tiers(after, rate.unit_quantity, rate.tiers)
+    price_before = price_through_tiers(before, rate.unit_quantity, rate.tiers)
+    return round_half_up(price_after - price_before)
+
+
+def marginal_price(rate: UsageRate | None, chargeable_so_far: int) -> int:
+    """price_micros (per unit_quantity) of the tier that will price the next chargeable unit."""
+    if rate is None or not rate.tiers:
+        return 0
+    for tier in rate.tiers:
+        if tier.up_to_quantity == 0 or chargeable_so_far < tier.up_to_quantity:
+            return tier.price_micros
+    # Past the last bound of a plan without an unbounded tier: priced as the last tier,
+    # matching money.price_through_tiers.
+    return rate.tiers[-1].price_micros

@@ -1,0 +1,171 @@
+"""Provisioning use cases: bulk SIM provisioning and the lifecycle transitions.
+
+Lifecycle: PROVISIONED (billing not started) -> ACTIVE (billing started) <-> SUSPENDED
+-> TERMINATED. Every change is committed before the cache shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from service import repository
+from service.cache import StateCache
+from service.clock import Clock
+from service.domain.iccid import iccid_problem
+from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
+from service.errors import FailedPrecondition, InvalidArgument
+
+MAX_ICCIDS_PER_CALL = 10_000
+# Times a caller gives may run this far ahead of our clock (clock skew between systems).
+CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
+
+
+class ProvisionStatus(enum.Enum):
+    CREATED = 1
+    ALREADY_PROVISIONED = 2
+    CONFLICT = 3
+    INVALID_ICCID = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionResult:
+    iccid: str
+    status: ProvisionStatus
+    detail: str = ""
+
+
+SimListener = Callable[[Sequence[Sim]], None]
+
+
+class Provisioning:
+    def __init__(
+        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: asyncio.Lock
+    ) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._clock = clock
+        self._write_lock = write_lock
+        # Told about every committed SIM change (the activation worker keeps its deadlines).
+        self.listeners: list[SimListener] = []
+
+    def _not_in_future(self, field: str, when: datetime) -> datetime:
+        if when > self._clock.now() + CLOCK_SKEW_TOLERANCE:
+            raise InvalidArgument(field, "must not be in the future")
+        return when
+
+    async def provision(
+        self,
+        account_id: str,
+        plan_id: str,
+        iccids: Sequence[str],
+        provisioned_at: datetime | None,
+    ) -> list[ProvisionResult]:
+        if not account_id:
+            raise InvalidArgument("account_id", "is required")
+        if not plan_id:
+            raise InvalidArgument("plan_id", "is required")
+        if len(iccids) > MAX_ICCIDS_PER_CALL:
+            raise InvalidArgument("iccids", f"at most {MAX_ICCIDS_PER_CALL} per call")
+        at = self._not_in_future("provisioned_at", provisioned_at or self._clock.now())
+        account = self._cache.account(account_id)
+        plan = self._cache.plan(plan_id)
+        if plan.currency != account.currency:
+            raise FailedPrecondition(
+                f"plan currency {plan.currency} differs from account currency {account.currency}"
+            )
+        async with self._write_lock:
+            results: list[ProvisionResult] = []
+            new: dict[str, Sim] = {}
+            for iccid in iccids:
+                results.append(self._classify(iccid, account_id, plan_id, new))
+                if results[-1].status is ProvisionStatus.CREATED:
+                    new[iccid] = self._new_sim(iccid, account_id, plan.activation_mode, plan_id, at)
+            if new:
+                async with repository.transaction(self._pool) as conn:
+                    await repository.insert_sims(conn, list(new.values()))
+                self._publish(list(new.values()))
+            return results
+
+    def _classify(
+        self, iccid: str, account_id: str, plan_id: str, new: dict[str, Sim]
+    ) -> ProvisionResult:
+        problem = iccid_problem(iccid)
+        if problem is not None:
+            return ProvisionResult(iccid, ProvisionStatus.INVALID_ICCID, problem)
+        existing = new.get(iccid) or self._cache.sims.get(iccid)
+        if existing is None:
+            return ProvisionResult(iccid, ProvisionStatus.CREATED)
+        if existing.account_id == account_id and existing.plan_id == plan_id:
+            return ProvisionResult(iccid, ProvisionStatus.ALREADY_PROVISIONED)
+        return ProvisionResult(
+            iccid,
+            ProvisionStatus.CONFLICT,
+            f"provisioned to account {existing.account_id!r} on plan {existing.plan_id!r}",
+        )
+
+    @staticmethod
+    def _new_sim(
+        iccid: str, account_id: str, mode: ActivationMode, plan_id: str, at: datetime
+    ) -> Sim:
+        if mode is ActivationMode.IMMEDIATE:
+            return Sim(
+                iccid, account_id, plan_id, at, SimState.ACTIVE, at, BillingStartReason.IMMEDIATE
+            )
+        return Sim(iccid, account_id, plan_id, at, SimState.PROVISIONED)
+
+    async def suspend(self, iccid: str) -> Sim:
+        def change(sim: Sim) -> Sim:
+            if sim.state is SimState.SUSPENDED:
+                return sim
+            if sim.state is not SimState.ACTIVE:
+                raise FailedPrecondition(f"SIM is {sim.state.name}; only ACTIVE SIMs suspend")
+            return dataclasses.replace(sim, state=SimState.SUSPENDED, suspended_at=self._clock.now())
+
+        return await self._transition(iccid, change)
+
+    async def resume(self, iccid: str) -> Sim:
+        def change(sim: Sim) -> Sim:
+            if sim.state is SimState.ACTIVE:
+                return sim
+            if sim.state is not SimState.SUSPENDED:
+                raise FailedPrecondition(f"SIM is {sim.state.name}; only SUSPENDED SIMs resume")
+            return dataclasses.replace(sim, state=SimState.ACTIVE, suspended_at=None)
+
+        return await self._transition(iccid, change)
+
+    async def terminate(self, iccid: str, effective_at: datetime | None) -> Sim:
+        at = self._not_in_future("effective_at", effective_at or self._clock.now())
+
+        def change(sim: Sim) -> Sim:
+            if sim.state is SimState.TERMINATED:
+                return sim  # a retried termination changes nothing
+            if at < sim.provisioned_at:
+                raise InvalidArgument("effective_at", "must not be before provisioned_at")
+            return dataclasses.replace(sim, state=SimState.TERMINATED, terminated_at=at)
+
+        return await self._transition(iccid, change)
+
+    async def _transition(self, iccid: str, change: Callable[[Sim], Sim]) -> Sim:
+        if not iccid:
+            raise InvalidArgument("iccid", "is required")
+        async with self._write_lock:
+            sim = self._cache.sim(iccid)
+            changed = change(sim)
+            if changed is sim:
+                return sim
+            async with repository.transaction(self._pool) as conn:
+                await repository.update_sims(conn, [changed])
+            self._publish([changed])
+            return changed
+
+    def _publish(self, sims: Sequence[Sim]) -> None:
+        self._cache.put_sims(sims)
+        for listener in self.listeners:
+            listener(sims)

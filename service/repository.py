@@ -1,0 +1,183 @@
+"""All SQL of the service. Database failures become domain errors here.
+
+Connection-level failures (SQLSTATE classes 08 and 57P, refused sockets, closed
+connections, timeouts) become `StorageUnavailable`; a unique violation becomes the
+domain error the caller names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from service import codec
+from service.domain.model import (
+    Account,
+    BillingStartReason,
+    Plan,
+    Sim,
+    SimState,
+)
+from service.errors import StorageUnavailable
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # 57P03
+    asyncpg.AdminShutdownError,  # 57P01
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,  # the client's "connection is closed"
+)
+
+
+@asynccontextmanager
+async def storage_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        raise StorageUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """One connection in one transaction, with connection failures mapped."""
+    async with storage_errors(), pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+# --- catalog -------------------------------------------------------------------------------
+
+
+async def load_plans(conn: asyncpg.Connection) -> list[Plan]:
+    rows = await conn.fetch("SELECT body FROM plans ORDER BY plan_id")
+    return [codec.plan_from_json(row["body"]) for row in rows]
+
+
+async def insert_plan(conn: asyncpg.Connection, plan: Plan, now: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO plans (plan_id, currency, body, created_at) VALUES ($1, $2, $3, $4)",
+        plan.plan_id,
+        plan.currency,
+        codec.plan_to_json(plan),
+        now,
+    )
+
+
+async def load_accounts(conn: asyncpg.Connection) -> list[Account]:
+    rows = await conn.fetch(
+        "SELECT account_id, currency, timezone, billing_day, commitment_schedule"
+        " FROM accounts ORDER BY account_id"
+    )
+    return [
+        Account(
+            account_id=row["account_id"],
+            currency=row["currency"],
+            timezone=row["timezone"],
+            billing_day=row["billing_day"],
+            commitment_schedule=codec.schedule_from_json(row["commitment_schedule"]),
+        )
+        for row in rows
+    ]
+
+
+async def upsert_account(conn: asyncpg.Connection, account: Account, now: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO accounts (account_id, currency, timezone, billing_day,
+                                 commitment_schedule, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $6)
+           ON CONFLICT (account_id) DO UPDATE SET
+               currency = EXCLUDED.currency, timezone = EXCLUDED.timezone,
+               billing_day = EXCLUDED.billing_day,
+               commitment_schedule = EXCLUDED.commitment_schedule,
+               updated_at = EXCLUDED.updated_at""",
+        account.account_id,
+        account.currency,
+        account.timezone,
+        account.billing_day,
+        codec.schedule_to_json(account.commitment_schedule),
+        now,
+    )
+
+
+# --- SIMs ----------------------------------------------------------------------------------
+
+_SIM_COLUMNS = (
+    "iccid",
+    "account_id",
+    "plan_id",
+    "provisioned_at",
+    "state",
+    "billing_started_at",
+    "billing_start_reason",
+    "suspended_at",
+    "terminated_at",
+)
+
+
+def _sim_row(sim: Sim) -> tuple[Any, ...]:
+    return (
+        sim.iccid,
+        sim.account_id,
+        sim.plan_id,
+        sim.provisioned_at,
+        sim.state.value,
+        sim.billing_started_at,
+        sim.billing_start_reason.value if sim.billing_start_reason else None,
+        sim.suspended_at,
+        sim.terminated_at,
+    )
+
+
+def _sim_from_row(row: asyncpg.Record) -> Sim:
+    reason = row["billing_start_reason"]
+    return Sim(
+        iccid=row["iccid"],
+        account_id=row["account_id"],
+        plan_id=row["plan_id"],
+        provisioned_at=row["provisioned_at"],
+        state=SimState(row["state"]),
+        billing_started_at=row["billing_started_at"],
+        billing_start_reason=BillingStartReason(reason) if reason is not None else None,
+        suspended_at=row["suspended_at"],
+        terminated_at=row["terminated_at"],
+    )
+
+
+async def load_sims(conn: asyncpg.Connection) -> list[Sim]:
+    rows = await conn.fetch(f"SELECT {', '.join(_SIM_COLUMNS)} FROM sims")
+    return [_sim_from_row(row) for row in rows]
+
+
+async def insert_sims(conn: asyncpg.Connection, sims: Sequence[Sim]) -> None:
+    """Bulk insert with COPY: one round trip for up to 10,000 SIMs."""
+    await conn.copy_records_to_table("sims", records=map(_sim_row, sims), columns=_SIM_COLUMNS)
+
+
+async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
+    await conn.executemany(
+        """UPDATE sims SET state = $2, billing_started_at = $3, billing_start_reason = $4,
+                           suspended_at = $5, terminated_at = $6
+           WHERE iccid = $1""",
+        [
+            (
+                sim.iccid,
+                sim.state.value,
+                sim.billing_started_at,
+                sim.billing_start_reason.value if sim.billing_start_reason else None,
+                sim.suspended_at,
+                sim.terminated_at,
+            )
+            for sim in sims
+        ],
+    )

@@ -1,0 +1,87 @@
+"""Typed, frozen settings. Only the entry point builds them (from environment and flags)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from service.errors import InvalidArgument
+
+# name, default, help — each is read from the environment and may be overridden by the flag
+# of the same name (RATING_GRPC_ADDR -> --grpc-addr).
+_SETTINGS: tuple[tuple[str, str | None, str], ...] = (
+    ("RATING_GRPC_ADDR", "127.0.0.1:50051", "gRPC listen address"),
+    ("RATING_METRICS_ADDR", "127.0.0.1:9464", "Prometheus /metrics listen address"),
+    ("RATING_DATABASE_URL", None, "postgresql:// URL of an external server (unset: embedded)"),
+    ("RATING_DATA_DIR", ".rating-data", "embedded PostgreSQL data directory"),
+    ("RATING_CLOCK", "system", "'system', 'test' or 'test:2026-01-01T00:00:00Z'"),
+    ("RATING_LATE_USAGE_WINDOW_S", "86400", "seconds after period end before auto-settlement"),
+    ("RATING_LOG_FORMAT", "json", "'json' or 'console'"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    grpc_addr: str = "127.0.0.1:50051"
+    metrics_addr: str | None = "127.0.0.1:9464"  # None: no metrics HTTP server (tests)
+    database_url: str | None = None
+    data_dir: Path = Path(".rating-data")
+    test_clock: bool = False
+    clock_start: datetime | None = None
+    late_usage_window: timedelta = timedelta(seconds=86400)
+    log_format: str = "json"
+    # Tuning, not in the environment: bounds that give backpressure.
+    persist_queue_batches: int = 64
+    persist_max_records_per_commit: int = 20_000
+    shutdown_grace_s: float = 10.0
+
+    @classmethod
+    def from_environment(
+        cls, environ: Mapping[str, str] = os.environ, argv: Sequence[str] | None = None
+    ) -> Settings:
+        parser = argparse.ArgumentParser(prog="simrating", description="simrating gRPC service")
+        for name, default, help_text in _SETTINGS:
+            flag = "--" + name.removeprefix("RATING_").lower().replace("_", "-")
+            parser.add_argument(flag, dest=name, default=environ.get(name, default), help=help_text)
+        raw = vars(parser.parse_args(argv))
+        test_clock, clock_start = parse_clock(raw["RATING_CLOCK"])
+        log_format = raw["RATING_LOG_FORMAT"]
+        if log_format not in ("json", "console"):
+            raise InvalidArgument("RATING_LOG_FORMAT", "must be 'json' or 'console'")
+        try:
+            window = int(raw["RATING_LATE_USAGE_WINDOW_S"])
+        except ValueError as exc:
+            raise InvalidArgument("RATING_LATE_USAGE_WINDOW_S", "must be an integer") from exc
+        if window < 0:
+            raise InvalidArgument("RATING_LATE_USAGE_WINDOW_S", "must be >= 0")
+        return cls(
+            grpc_addr=raw["RATING_GRPC_ADDR"],
+            metrics_addr=raw["RATING_METRICS_ADDR"] or None,
+            database_url=raw["RATING_DATABASE_URL"] or None,
+            data_dir=Path(raw["RATING_DATA_DIR"]),
+            test_clock=test_clock,
+            clock_start=clock_start,
+            late_usage_window=timedelta(seconds=window),
+            log_format=log_format,
+        )
+
+
+def parse_clock(value: str) -> tuple[bool, datetime | None]:
+    """'system' -> (False, None); 'test' -> (True, None); 'test:<ISO>' -> (True, that time)."""
+    if value == "system":
+        return False, None
+    if value == "test":
+        return True, None
+    if value.startswith("test:"):
+        try:
+            start = datetime.fromisoformat(value.removeprefix("test:").replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise InvalidArgument("RATING_CLOCK", f"bad ISO time in {value!r}") from exc
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        return True, start.astimezone(UTC)
+    raise InvalidArgument("RATING_CLOCK", "must be 'system', 'test' or 'test:<ISO time>'")

@@ -1,0 +1,124 @@
+"""Fixtures: a PostgreSQL per test run (RATING_TEST_DATABASE_URL or embedded pgserver),
+a fresh database per test cloned from a migrated template, and real gRPC servers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import pytest
+
+from service import db
+from service.app import Application
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.support import T0, Stubs
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a maintenance database on the server the tests use."""
+    external = os.environ.get("RATING_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    import pgserver
+
+    data_dir: Path = tmp_path_factory.mktemp("pg")
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def template_db(server_url: str) -> AsyncIterator[str]:
+    """A migrated template database; every test gets a copy of it."""
+    name = f"simrating_{RUN_ID}_template"
+    admin = await asyncpg.connect(server_url)
+    created: list[str] = []
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        conn = await asyncpg.connect(_with_database(server_url, name))
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        for leftover in await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"simrating_{RUN_ID}_%"
+        ):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{leftover["datname"]}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def database_url(server_url: str, template_db: str) -> str:
+    name = f"simrating_{RUN_ID}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    return _with_database(server_url, name)
+
+
+def test_settings(database_url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "grpc_addr": "127.0.0.1:0",
+        "metrics_addr": None,
+        "database_url": database_url,
+        "test_clock": True,
+        "clock_start": T0,
+        "log_format": "console",
+        "shutdown_grace_s": 2.0,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+AppFactory = Callable[..., Awaitable[tuple[Application, Stubs]]]
+
+
+@pytest.fixture
+async def start_app(database_url: str) -> AsyncIterator[AppFactory]:
+    """Start in-process servers on port 0 against this test's database; stopped at the end."""
+    running: list[tuple[Application, grpc.aio.Channel]] = []
+
+    async def start(**overrides: Any) -> tuple[Application, Stubs]:
+        app = Application(test_settings(database_url, **overrides), Metrics())
+        await app.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        running.append((app, channel))
+        return app, Stubs(channel)
+
+    yield start
+    for app, channel in reversed(running):
+        await channel.close()
+        await app.stop()
+
+
+@pytest.fixture
+async def app_stubs(start_app: AppFactory) -> tuple[Application, Stubs]:
+    return await start_app()
+
+
+@pytest.fixture
+async def stubs(app_stubs: tuple[Application, Stubs]) -> Stubs:
+    return app_stubs[1]

@@ -1,0 +1,1 @@
+"""Tests of the pure domain rules: no database, no gRPC, no event loop."""

@@ -1,0 +1,128 @@
+"""Test helpers: running servers (in-process and as a child process) and request builders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+from rating.v1 import (
+    billing_service_pb2_grpc,
+    catalog_service_pb2_grpc,
+    clock_service_pb2_grpc,
+    provisioning_service_pb2_grpc,
+    rating_service_pb2_grpc,
+)
+from rating.v1 import types_pb2 as t
+from service.domain.iccid import make_iccid
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Stubs:
+    channel: grpc.aio.Channel
+    catalog: catalog_service_pb2_grpc.CatalogServiceStub = field(init=False)
+    provisioning: provisioning_service_pb2_grpc.ProvisioningServiceStub = field(init=False)
+    rating: rating_service_pb2_grpc.RatingServiceStub = field(init=False)
+    billing: billing_service_pb2_grpc.BillingServiceStub = field(init=False)
+    clock: clock_service_pb2_grpc.ClockServiceStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = catalog_service_pb2_grpc.CatalogServiceStub(self.channel)
+        self.provisioning = provisioning_service_pb2_grpc.ProvisioningServiceStub(self.channel)
+        self.rating = rating_service_pb2_grpc.RatingServiceStub(self.channel)
+        self.billing = billing_service_pb2_grpc.BillingServiceStub(self.channel)
+        self.clock = clock_service_pb2_grpc.ClockServiceStub(self.channel)
+
+
+def iccids(start: int, count: int) -> list[str]:
+    return [make_iccid(n) for n in range(start, start + count)]
+
+
+def data_plan(plan_id: str = "P", currency: str = "EUR", **overrides: object) -> t.Plan:
+    """An IMMEDIATE, ALWAYS, DAILY plan: 2.00 a month, data at 0.10 per MiB."""
+    plan = t.Plan(
+        plan_id=plan_id,
+        currency=currency,
+        subscription_fee_micros=2_000_000,
+        activation=t.Activation(mode=t.ACTIVATION_MODE_IMMEDIATE),
+        billing_mode=t.BILLING_MODE_ALWAYS,
+        proration=t.PRORATION_DAILY,
+        usage_rates=[
+            t.UsageRate(
+                usage_type=t.USAGE_TYPE_DATA,
+                unit_quantity=1_048_576,
+                rounding_increment=1_024,
+                included_quantity=10_485_760,
+                tiers=[t.Tier(up_to_quantity=0, price_micros=100_000)],
+            )
+        ],
+    )
+    for name, value in overrides.items():
+        setattr(plan, name, value)
+    return plan
+
+
+def first_use_plan(plan_id: str = "FU", grace_days: int = 30, threshold: int = 1_048_576) -> t.Plan:
+    plan = data_plan(plan_id)
+    plan.activation.mode = t.ACTIVATION_MODE_FIRST_USE
+    plan.activation.thresholds.append(
+        t.ActivationThreshold(usage_type=t.USAGE_TYPE_DATA, quantity=threshold)
+    )
+    plan.activation.grace_period.FromSeconds(grace_days * 86400)
+    return plan
+
+
+class ServerProcess:
+    """`python -m service` as a child process, for restart and kill -9 tests."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = {**os.environ, "RATING_GRPC_ADDR": "127.0.0.1:0", "RATING_METRICS_ADDR": "",
+                    "RATING_LOG_FORMAT": "json", **env}
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.log_lines: list[str] = []
+
+    async def start(self, timeout: float = 60) -> int:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=self.env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.port = await asyncio.wait_for(asyncio.to_thread(self._await_serving), timeout)
+        return self.port
+
+    def _await_serving(self) -> int:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self._lines():
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "serving":
+                return int(event["grpc_port"])
+        raise RuntimeError("server exited before serving:\n" + "".join(self.log_lines))
+
+    def _lines(self) -> Iterator[str]:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log_lines.append(line)
+            yield line
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        # Drain stderr so the child never blocks on a full pipe while shutting down.
+        await asyncio.to_thread(lambda: [None for _ in self._lines()])
+        return await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)

@@ -1,0 +1,79 @@
+"""Health, reflection and metrics: what an SRE and a client discover without docs."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from rating.v1 import billing_service_pb2 as b
+from rating.v1 import catalog_service_pb2 as c
+from service.app import Application
+from tests.conftest import AppFactory
+from tests.support import Stubs, data_plan
+
+SERVICES = {
+    "rating.v1.CatalogService",
+    "rating.v1.ProvisioningService",
+    "rating.v1.RatingService",
+    "rating.v1.BillingService",
+    "rating.v1.ClockService",
+}
+
+
+async def test_health_is_serving_once_started(app_stubs: tuple[Application, Stubs]) -> None:
+    _, stubs = app_stubs
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    for service in ("", "rating.v1.RatingService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_five_services(stubs: Stubs) -> None:
+    reflect = reflection_pb2_grpc.ServerReflectionStub(stubs.channel)
+    call = reflect.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    reply = await call.read()
+    await call.done_writing()
+    names = {s.name for s in reply.list_services_response.service}
+    assert SERVICES <= names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_grpc_metrics_count_calls_by_code(app_stubs: tuple[Application, Stubs]) -> None:
+    app, stubs = app_stubs
+    await stubs.catalog.PutPlan(c.PutPlanRequest(plan=data_plan("P")))
+    await stubs.catalog.ListPlans(c.ListPlansRequest())
+    await stubs.catalog.ListPlans(c.ListPlansRequest())
+    for plan_id in ("missing", ""):
+        try:
+            await stubs.catalog.GetPlan(c.GetPlanRequest(plan_id=plan_id))
+        except grpc.aio.AioRpcError:
+            pass
+    value = app.metrics.registry.get_sample_value
+    labels = {"grpc_type": "unary", "grpc_service": "rating.v1.CatalogService"}
+    assert value("grpc_server_started_total", {**labels, "grpc_method": "ListPlans"}) == 2
+    assert value("grpc_server_handled_total", {**labels, "grpc_method": "ListPlans", "grpc_code": "OK"}) == 2
+    get_plan = {**labels, "grpc_method": "GetPlan"}
+    assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "NOT_FOUND"}) == 1
+    assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "INVALID_ARGUMENT"}) == 1
+    assert value("grpc_server_handling_seconds_count", get_plan) == 2
+
+
+async def test_metrics_endpoint_serves_grpc_series(start_app: AppFactory) -> None:
+    app, stubs = await start_app(metrics_addr="127.0.0.1:0")
+    await stubs.catalog.ListPlans(c.ListPlansRequest())
+    try:
+        await stubs.billing.ListInvoices(b.ListInvoicesRequest(account_id="nobody"))
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() != grpc.StatusCode.UNKNOWN
+    url = f"http://127.0.0.1:{app.metrics_port}/metrics"
+    body = await __import__("asyncio").to_thread(lambda: urllib.request.urlopen(url).read().decode())
+    assert (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="ListPlans",'
+        'grpc_service="rating.v1.CatalogService",grpc_type="unary"} 1.0' in body
+    )
+    assert "grpc_server_started_total" in body
+    assert "grpc_server_handling_seconds_bucket" in body
