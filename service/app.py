@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -19,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
-
 from rating.v1 import (
     billing_service_pb2,
     billing_service_pb2_grpc,
@@ -32,6 +32,7 @@ from rating.v1 import (
     rating_service_pb2,
     rating_service_pb2_grpc,
 )
+
 from service import db, repository
 from service.api.catalog import CatalogServicer
 from service.api.clock import ClockServicer
@@ -41,9 +42,12 @@ from service.api.rating import RatingServicer
 from service.cache import StateCache
 from service.catalog import Catalog
 from service.clock import Clock, SystemClock, TestClock
+from service.domain.model import Sim
 from service.metrics import Metrics
 from service.provisioning import Provisioning
 from service.settings import Settings
+from service.usage import UsageEngine
+from workers.persister import Persister
 
 log = structlog.get_logger("app")
 
@@ -86,12 +90,26 @@ class Application:
         self._pool = await db.create_pool(url)
         async with self._pool.acquire() as conn:
             await db.migrate(conn)
+        # One lock orders every change of SIM state: catalog and provisioning writes,
+        # group commits and activations never interleave between check and commit.
+        state_lock = asyncio.Lock()
+        self.engine = UsageEngine(self.cache, self.clock)
+        self.engine.on_correction_rejected = self._correction_rejected
         await self._load_cache()
-        write_lock = asyncio.Lock()
-        catalog = Catalog(self.pool, self.cache, self.clock, write_lock)
-        provisioning = Provisioning(self.pool, self.cache, self.clock, write_lock)
+        catalog = Catalog(self.pool, self.cache, self.clock, state_lock)
+        provisioning = Provisioning(self.pool, self.cache, self.clock, state_lock)
         provisioning.listeners.append(self._count_states)
         self._count_states(())
+        self.persister = Persister(
+            self.pool,
+            self.engine,
+            self.clock,
+            self.metrics,
+            state_lock,
+            max_queued_batches=self.settings.persist_queue_batches,
+            max_records_per_commit=self.settings.persist_max_records_per_commit,
+        )
+        self.spawn("persister", self.persister.run())
         await self._start_grpc(catalog, provisioning)
         self._start_metrics_http()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -112,12 +130,31 @@ class Application:
             for account in await repository.load_accounts(conn):
                 self.cache.put_account(account)
             self.cache.put_sims(await repository.load_sims(conn))
+            self.cache.settled.update(await repository.settled_periods(conn))
+            records = 0
+            batch: list[tuple[str, int, int, int, datetime, str]] = []
+            async for row in repository.usage_rows(conn):
+                batch.append(row)
+                if len(batch) >= 50_000:
+                    records += self.engine.rebuild(batch)
+                    batch.clear()
+            records += self.engine.rebuild(batch)
         self.cache.loaded = True
         log.info(
             "cache loaded",
             plans=len(self.cache.plans),
             accounts=len(self.cache.accounts),
             sims=len(self.cache.sims),
+            usage_records=records,
+        )
+
+    def _correction_rejected(self, sim: Sim, start: datetime) -> None:
+        self.metrics.activation_corrections_rejected.inc()
+        log.warning(
+            "billing start correction rejected: it reaches a settled period",
+            iccid=sim.iccid,
+            billing_started_at=sim.billing_started_at,
+            rejected_start=start,
         )
 
     def _count_states(self, _changed: object) -> None:
@@ -133,7 +170,7 @@ class Application:
             ProvisioningServicer(provisioning, self.cache, self.clock), server
         )
         rating_service_pb2_grpc.add_RatingServiceServicer_to_server(
-            RatingServicer(self.cache, self.clock), server
+            RatingServicer(self.cache, self.clock, self.persister), server
         )
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
             billing_service_pb2_grpc.BillingServiceServicer(), server
@@ -147,8 +184,11 @@ class Application:
             served.remove(SERVICE_NAMES[-1])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *served,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
         self.port = server.add_insecure_port(self.settings.grpc_addr)

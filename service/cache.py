@@ -12,7 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from service.domain.model import Account, Plan, Sim, SimState, SimUsageFacts, UsageType
+from service.domain.model import (
+    Account,
+    Plan,
+    Sim,
+    SimPeriodFacts,
+    SimState,
+    SimUsageFacts,
+    UsageType,
+)
 from service.errors import NotFound
 
 
@@ -75,6 +83,11 @@ class StateCache:
         self.sims_by_account: defaultdict[str, set[str]] = defaultdict(set)
         self.state_counts: Counter[SimState] = Counter()
         self.usage: dict[str, SimUsage] = {}
+        self.settled: set[tuple[str, str]] = set()  # (account_id, period) with an invoice
+        # Pooled allowances: charged rated quantity per (account, plan, period, usage type),
+        # and the SIMs per (account, plan) whose billing has started and not ended.
+        self.pool_used: defaultdict[tuple[str, str, str, UsageType], int] = defaultdict(int)
+        self.started_on_plan: Counter[tuple[str, str]] = Counter()
         self.loaded = False
 
     # --- reads -----------------------------------------------------------------------------
@@ -107,6 +120,23 @@ class StateCache:
             usage = self.usage[iccid] = SimUsage()
         return usage
 
+    def period_facts(self, account_id: str, period: str) -> list[SimPeriodFacts]:
+        """What settlement needs of every SIM of the account for one period."""
+        facts = []
+        for iccid in self.sims_by_account.get(account_id, ()):
+            sim = self.sims[iccid]
+            usage = self.usage_of(iccid).period(period)
+            facts.append(
+                SimPeriodFacts(
+                    iccid=iccid,
+                    plan_id=sim.plan_id,
+                    billing_started_at=sim.billing_started_at,
+                    terminated_at=sim.terminated_at,
+                    usage={usage_type: c.facts() for usage_type, c in usage.items()},
+                )
+            )
+        return facts
+
     def account_has_sims(self, account_id: str) -> bool:
         return bool(self.sims_by_account.get(account_id))
 
@@ -123,6 +153,12 @@ class StateCache:
             previous = self.sims.get(sim.iccid)
             if previous is not None:
                 self.state_counts[previous.state] -= 1
+                self.started_on_plan[(sim.account_id, sim.plan_id)] -= _counts_in_pool(previous)
             self.sims[sim.iccid] = sim
             self.sims_by_account[sim.account_id].add(sim.iccid)
             self.state_counts[sim.state] += 1
+            self.started_on_plan[(sim.account_id, sim.plan_id)] += _counts_in_pool(sim)
+
+
+def _counts_in_pool(sim: Sim) -> int:
+    return int(sim.billing_started_at is not None and sim.state is not SimState.TERMINATED)

@@ -24,7 +24,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "currency": plan.currency,
         "subscription_fee_micros": plan.subscription_fee_micros,
         "activation_mode": plan.activation_mode.name,
-        "thresholds": [{"usage_type": t.usage_type.name, "quantity": t.quantity} for t in plan.thresholds],
+        "thresholds": [
+            {"usage_type": t.usage_type.name, "quantity": t.quantity} for t in plan.thresholds
+        ],
         "grace_period_us": plan.grace_period // timedelta(microseconds=1),
         "billing_mode": plan.billing_mode.name,
         "proration": plan.proration.name,

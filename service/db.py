@@ -91,6 +91,11 @@ async def embedded_url(data_dir: Path) -> str:
 
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, command_timeout=60, init=init_connection
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=60,
+        timeout=10,
+        init=init_connection,
     )
     return pool

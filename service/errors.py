@@ -1,12 +1,12 @@
 """The one hierarchy of domain errors, translated to gRPC status codes by the API layer.
 
-    RatingError
-    ├── InvalidArgument      bad input; names the offending field     -> INVALID_ARGUMENT
-    ├── NotFound             unknown plan, account, SIM or invoice     -> NOT_FOUND
-    ├── AlreadyExists        same id, different immutable content      -> ALREADY_EXISTS
-    ├── FailedPrecondition   a rule forbids it in the current state    -> FAILED_PRECONDITION
-    ├── Overloaded           a bounded queue or limit is full          -> RESOURCE_EXHAUSTED
-    └── StorageUnavailable   PostgreSQL cannot be reached              -> UNAVAILABLE
+RatingError
+├── InvalidArgument      bad input; names the offending field     -> INVALID_ARGUMENT
+├── NotFound             unknown plan, account, SIM or invoice     -> NOT_FOUND
+├── AlreadyExists        same id, different immutable content      -> ALREADY_EXISTS
+├── FailedPrecondition   a rule forbids it in the current state    -> FAILED_PRECONDITION
+├── Overloaded           a bounded queue or limit is full          -> RESOURCE_EXHAUSTED
+└── StorageUnavailable   PostgreSQL cannot be reached              -> UNAVAILABLE
 """
 
 from __future__ import annotations

@@ -126,7 +126,9 @@ class Provisioning:
                 return sim
             if sim.state is not SimState.ACTIVE:
                 raise FailedPrecondition(f"SIM is {sim.state.name}; only ACTIVE SIMs suspend")
-            return dataclasses.replace(sim, state=SimState.SUSPENDED, suspended_at=self._clock.now())
+            return dataclasses.replace(
+                sim, state=SimState.SUSPENDED, suspended_at=self._clock.now()
+            )
 
         return await self._transition(iccid, change)
 

@@ -24,6 +24,7 @@ from service.domain.model import (
     SimState,
 )
 from service.errors import StorageUnavailable
+from service.usage import Candidate
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -181,3 +182,56 @@ async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
             for sim in sims
         ],
     )
+
+
+# --- usage -----------------------------------------------------------------------------------
+
+
+async def insert_usage(
+    conn: asyncpg.Connection, candidates: Sequence[Candidate], received_at: datetime
+) -> set[str]:
+    """Insert the records whose id is new; return those ids (the others were seen before)."""
+    rows = await conn.fetch(
+        """INSERT INTO usage_records (record_id, iccid, usage_type, quantity, rated_quantity,
+                                      event_time, session_id, period, received_at)
+           SELECT r.*, $9::timestamptz
+           FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[], $5::int8[],
+                       $6::timestamptz[], $7::text[], $8::text[]) AS r
+           ON CONFLICT (record_id) DO NOTHING
+           RETURNING record_id""",
+        [c.record.record_id for c in candidates],
+        [c.record.iccid for c in candidates],
+        [c.record.usage_type.value for c in candidates],
+        [c.record.quantity for c in candidates],
+        [c.rated_quantity for c in candidates],
+        [c.record.event_time for c in candidates],
+        [c.record.session_id for c in candidates],
+        [c.period for c in candidates],
+        received_at,
+    )
+    return {row[0] for row in rows}
+
+
+async def known_record_ids(conn: asyncpg.Connection, record_ids: Sequence[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT record_id FROM usage_records WHERE record_id = ANY($1::text[])", record_ids
+    )
+    return {row[0] for row in rows}
+
+
+async def usage_rows(
+    conn: asyncpg.Connection, prefetch: int = 50_000
+) -> AsyncIterator[tuple[str, int, int, int, datetime, str]]:
+    """Every committed record, streamed (for rebuilding the counters at start)."""
+    async with conn.transaction():
+        async for row in conn.cursor(
+            "SELECT iccid, usage_type, quantity, rated_quantity, event_time, period"
+            " FROM usage_records",
+            prefetch=prefetch,
+        ):
+            yield tuple(row)  # type: ignore[misc]
+
+
+async def settled_periods(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    rows = await conn.fetch("SELECT account_id, period FROM invoices")
+    return [(row["account_id"], row["period"]) for row in rows]

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-
 from rating.v1 import (
     billing_service_pb2_grpc,
     catalog_service_pb2_grpc,
@@ -23,6 +23,7 @@ from rating.v1 import (
     rating_service_pb2_grpc,
 )
 from rating.v1 import types_pb2 as t
+
 from service.domain.iccid import make_iccid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,8 +89,13 @@ class ServerProcess:
     """`python -m service` as a child process, for restart and kill -9 tests."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, "RATING_GRPC_ADDR": "127.0.0.1:0", "RATING_METRICS_ADDR": "",
-                    "RATING_LOG_FORMAT": "json", **env}
+        self.env = {
+            **os.environ,
+            "RATING_GRPC_ADDR": "127.0.0.1:0",
+            "RATING_METRICS_ADDR": "",
+            "RATING_LOG_FORMAT": "json",
+            **env,
+        }
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.log_lines: list[str] = []
@@ -104,6 +110,9 @@ class ServerProcess:
             text=True,
         )
         self.port = await asyncio.wait_for(asyncio.to_thread(self._await_serving), timeout)
+        # Keep draining stderr, or the child blocks on a full pipe once it logs enough.
+        self._drain = threading.Thread(target=lambda: [None for _ in self._lines()], daemon=True)
+        self._drain.start()
         return self.port
 
     def _await_serving(self) -> int:
@@ -123,6 +132,8 @@ class ServerProcess:
     async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        # Drain stderr so the child never blocks on a full pipe while shutting down.
-        await asyncio.to_thread(lambda: [None for _ in self._lines()])
-        return await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+        code = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+        await asyncio.to_thread(self._drain.join, timeout)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return code

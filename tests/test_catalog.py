@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import types_pb2 as t
+
 from tests.support import Stubs, data_plan, first_use_plan, iccids
 
 
@@ -49,7 +49,9 @@ async def test_put_account_creates_then_updates_schedule(stubs: Stubs) -> None:
     assert created.created
     account.commitment_schedule.append(
         t.CommitmentStep(
-            effective_period="2026-01", min_billable_sims=3, sim_commitment_plan_id="P",
+            effective_period="2026-01",
+            min_billable_sims=3,
+            sim_commitment_plan_id="P",
             min_spend_micros=10_000_000,
         )
     )
@@ -60,7 +62,9 @@ async def test_put_account_creates_then_updates_schedule(stubs: Stubs) -> None:
 
 
 async def test_account_defaults_to_utc_and_day_one(stubs: Stubs) -> None:
-    await stubs.catalog.PutAccount(c.PutAccountRequest(account=t.Account(account_id="A", currency="JPY")))
+    await stubs.catalog.PutAccount(
+        c.PutAccountRequest(account=t.Account(account_id="A", currency="JPY"))
+    )
     got = await stubs.catalog.GetAccount(c.GetAccountRequest(account_id="A"))
     assert (got.account.timezone, got.account.billing_day) == ("UTC", 1)
 
@@ -104,20 +108,50 @@ def _set_tiers(plan: t.Plan, *tiers: tuple[int, int]) -> None:
 PLAN_RULES = [
     ("currency not ISO 4217", lambda p: setattr(p, "currency", "EURO"), "plan.currency"),
     ("currency unknown", lambda p: setattr(p, "currency", "XYZ"), "plan.currency"),
-    ("tiers descending", lambda p: _set_tiers(p, (2000, 1), (1000, 1), (0, 1)), "tiers[1].up_to_quantity"),
-    ("unbounded tier not last", lambda p: _set_tiers(p, (0, 1), (1000, 1)), "tiers[0].up_to_quantity"),
-    ("unit_quantity zero", lambda p: setattr(p.usage_rates[0], "unit_quantity", 0), "plan.usage_rates[0].unit_quantity"),
-    ("rounding_increment zero", lambda p: setattr(p.usage_rates[0], "rounding_increment", 0), "plan.usage_rates[0].rounding_increment"),
-    ("first use without threshold", lambda p: setattr(p.activation, "mode", t.ACTIVATION_MODE_FIRST_USE), "plan.activation.thresholds"),
+    (
+        "tiers descending",
+        lambda p: _set_tiers(p, (2000, 1), (1000, 1), (0, 1)),
+        "tiers[1].up_to_quantity",
+    ),
+    (
+        "unbounded tier not last",
+        lambda p: _set_tiers(p, (0, 1), (1000, 1)),
+        "tiers[0].up_to_quantity",
+    ),
+    (
+        "unit_quantity zero",
+        lambda p: setattr(p.usage_rates[0], "unit_quantity", 0),
+        "plan.usage_rates[0].unit_quantity",
+    ),
+    (
+        "rounding_increment zero",
+        lambda p: setattr(p.usage_rates[0], "rounding_increment", 0),
+        "plan.usage_rates[0].rounding_increment",
+    ),
+    (
+        "first use without threshold",
+        lambda p: setattr(p.activation, "mode", t.ACTIVATION_MODE_FIRST_USE),
+        "plan.activation.thresholds",
+    ),
     ("missing plan id", lambda p: setattr(p, "plan_id", ""), "plan.plan_id"),
     ("unspecified billing mode", lambda p: setattr(p, "billing_mode", 0), "plan.billing_mode"),
-    ("unknown activation mode", lambda p: setattr(p.activation, "mode", 99), "plan.activation.mode"),
-    ("negative fee", lambda p: setattr(p, "subscription_fee_micros", -1), "plan.subscription_fee_micros"),
+    (
+        "unknown activation mode",
+        lambda p: setattr(p.activation, "mode", 99),
+        "plan.activation.mode",
+    ),
+    (
+        "negative fee",
+        lambda p: setattr(p, "subscription_fee_micros", -1),
+        "plan.subscription_fee_micros",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("rule", "mutate", "field"), PLAN_RULES, ids=[r[0] for r in PLAN_RULES])
-async def test_plan_validation_names_the_field(stubs: Stubs, rule: str, mutate: object, field: str) -> None:
+async def test_plan_validation_names_the_field(
+    stubs: Stubs, rule: str, mutate: object, field: str
+) -> None:
     await expect_error(
         stubs.catalog.PutPlan(c.PutPlanRequest(plan=_plan_with(mutate))),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -148,14 +182,38 @@ ACCOUNT_RULES = [
     ("timezone", _account(timezone="Mars/Olympus"), "account.timezone"),
     ("billing day 29", _account(billing_day=29), "account.billing_day"),
     ("billing day negative", _account(billing_day=-1), "account.billing_day"),
-    ("steps out of order", _with_steps(("2026-04", "P"), ("2026-01", "P")), "commitment_schedule[1].effective_period"),
-    ("bad period", _with_steps(("2026-13", "P"),), "commitment_schedule[0].effective_period"),
-    ("unknown plan", _with_steps(("2026-01", "nope"),), "commitment_schedule[0].sim_commitment_plan_id"),
-    ("plan of another currency", _with_steps(("2026-01", "USDPLAN"),), "commitment_schedule[0].sim_commitment_plan_id"),
+    (
+        "steps out of order",
+        _with_steps(("2026-04", "P"), ("2026-01", "P")),
+        "commitment_schedule[1].effective_period",
+    ),
+    (
+        "bad period",
+        _with_steps(
+            ("2026-13", "P"),
+        ),
+        "commitment_schedule[0].effective_period",
+    ),
+    (
+        "unknown plan",
+        _with_steps(
+            ("2026-01", "nope"),
+        ),
+        "commitment_schedule[0].sim_commitment_plan_id",
+    ),
+    (
+        "plan of another currency",
+        _with_steps(
+            ("2026-01", "USDPLAN"),
+        ),
+        "commitment_schedule[0].sim_commitment_plan_id",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("rule", "account", "field"), ACCOUNT_RULES, ids=[r[0] for r in ACCOUNT_RULES])
+@pytest.mark.parametrize(
+    ("rule", "account", "field"), ACCOUNT_RULES, ids=[r[0] for r in ACCOUNT_RULES]
+)
 async def test_account_validation_names_the_field(
     stubs: Stubs, rule: str, account: t.Account, field: str
 ) -> None:
@@ -167,9 +225,13 @@ async def test_account_validation_names_the_field(
         field,
     )
     await expect_error(
-        stubs.catalog.GetAccount(c.GetAccountRequest(account_id="A")), grpc.StatusCode.NOT_FOUND, "A"
+        stubs.catalog.GetAccount(c.GetAccountRequest(account_id="A")),
+        grpc.StatusCode.NOT_FOUND,
+        "A",
     )
 
 
 async def test_missing_plan_message_is_invalid(stubs: Stubs) -> None:
-    await expect_error(stubs.catalog.PutPlan(c.PutPlanRequest()), grpc.StatusCode.INVALID_ARGUMENT, "plan")
+    await expect_error(
+        stubs.catalog.PutPlan(c.PutPlanRequest()), grpc.StatusCode.INVALID_ARGUMENT, "plan"
+    )

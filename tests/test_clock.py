@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-
 from rating.v1 import clock_service_pb2 as k
+
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs
 

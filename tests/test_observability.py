@@ -7,9 +7,9 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import catalog_service_pb2 as c
+
 from service.app import Application
 from tests.conftest import AppFactory
 from tests.support import Stubs, data_plan
@@ -55,7 +55,12 @@ async def test_grpc_metrics_count_calls_by_code(app_stubs: tuple[Application, St
     value = app.metrics.registry.get_sample_value
     labels = {"grpc_type": "unary", "grpc_service": "rating.v1.CatalogService"}
     assert value("grpc_server_started_total", {**labels, "grpc_method": "ListPlans"}) == 2
-    assert value("grpc_server_handled_total", {**labels, "grpc_method": "ListPlans", "grpc_code": "OK"}) == 2
+    assert (
+        value(
+            "grpc_server_handled_total", {**labels, "grpc_method": "ListPlans", "grpc_code": "OK"}
+        )
+        == 2
+    )
     get_plan = {**labels, "grpc_method": "GetPlan"}
     assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "NOT_FOUND"}) == 1
     assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "INVALID_ARGUMENT"}) == 1
@@ -70,7 +75,9 @@ async def test_metrics_endpoint_serves_grpc_series(start_app: AppFactory) -> Non
     except grpc.aio.AioRpcError as exc:
         assert exc.code() != grpc.StatusCode.UNKNOWN
     url = f"http://127.0.0.1:{app.metrics_port}/metrics"
-    body = await __import__("asyncio").to_thread(lambda: urllib.request.urlopen(url).read().decode())
+    body = await __import__("asyncio").to_thread(
+        lambda: urllib.request.urlopen(url).read().decode()
+    )
     assert (
         'grpc_server_handled_total{grpc_code="OK",grpc_method="ListPlans",'
         'grpc_service="rating.v1.CatalogService",grpc_type="unary"} 1.0' in body

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import grpc
 import pytest
-
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
+
 from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
 from tests.test_catalog import expect_error
 
@@ -19,8 +19,12 @@ async def setup_catalog(stubs: Stubs) -> None:
     await stubs.catalog.PutPlan(c.PutPlanRequest(plan=data_plan("P")))
     await stubs.catalog.PutPlan(c.PutPlanRequest(plan=first_use_plan("FU")))
     await stubs.catalog.PutPlan(c.PutPlanRequest(plan=data_plan("USD", currency="USD")))
-    await stubs.catalog.PutAccount(c.PutAccountRequest(account=t.Account(account_id="A", currency="EUR")))
-    await stubs.catalog.PutAccount(c.PutAccountRequest(account=t.Account(account_id="B", currency="EUR")))
+    await stubs.catalog.PutAccount(
+        c.PutAccountRequest(account=t.Account(account_id="A", currency="EUR"))
+    )
+    await stubs.catalog.PutAccount(
+        c.PutAccountRequest(account=t.Account(account_id="B", currency="EUR"))
+    )
 
 
 async def status(stubs: Stubs, iccid: str) -> t.SimStatus:
@@ -63,7 +67,11 @@ async def test_immediate_plan_starts_billing_at_provisioning(stubs: Stubs) -> No
     got = await status(stubs, iccids(1, 1)[0])
     assert got.state == t.SIM_STATE_ACTIVE
     assert got.billing_start_reason == t.BILLING_START_REASON_IMMEDIATE
-    assert got.billing_started_at.ToDatetime() == got.provisioned_at.ToDatetime() == at.replace(tzinfo=None)
+    assert (
+        got.billing_started_at.ToDatetime()
+        == got.provisioned_at.ToDatetime()
+        == at.replace(tzinfo=None)
+    )
     assert got.current_period == "2026-01"
 
 
@@ -86,10 +94,16 @@ async def test_provisioning_errors(stubs: Stubs) -> None:
     cases = [
         (p.ProvisionSimsRequest(account_id="nope", plan_id="P"), grpc.StatusCode.NOT_FOUND, "nope"),
         (p.ProvisionSimsRequest(account_id="A", plan_id="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
-        (p.ProvisionSimsRequest(account_id="A", plan_id="USD", iccids=iccids(1, 1)),
-         grpc.StatusCode.FAILED_PRECONDITION, "currency"),
-        (p.ProvisionSimsRequest(account_id="A", plan_id="P", iccids=iccids(1, 10_001)),
-         grpc.StatusCode.INVALID_ARGUMENT, "iccids"),
+        (
+            p.ProvisionSimsRequest(account_id="A", plan_id="USD", iccids=iccids(1, 1)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "currency",
+        ),
+        (
+            p.ProvisionSimsRequest(account_id="A", plan_id="P", iccids=iccids(1, 10_001)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "iccids",
+        ),
         (p.ProvisionSimsRequest(plan_id="P"), grpc.StatusCode.INVALID_ARGUMENT, "account_id"),
     ]
     for request, code, text in cases:
@@ -120,8 +134,12 @@ async def test_ten_thousand_in_one_call(stubs: Stubs) -> None:
 async def test_lifecycle_rules(stubs: Stubs) -> None:
     await setup_catalog(stubs)
     active, fresh = iccids(1, 1)[0], iccids(2, 1)[0]
-    await stubs.provisioning.ProvisionSims(p.ProvisionSimsRequest(account_id="A", plan_id="P", iccids=[active]))
-    await stubs.provisioning.ProvisionSims(p.ProvisionSimsRequest(account_id="A", plan_id="FU", iccids=[fresh]))
+    await stubs.provisioning.ProvisionSims(
+        p.ProvisionSimsRequest(account_id="A", plan_id="P", iccids=[active])
+    )
+    await stubs.provisioning.ProvisionSims(
+        p.ProvisionSimsRequest(account_id="A", plan_id="FU", iccids=[fresh])
+    )
 
     suspended = await stubs.provisioning.SuspendSim(p.SuspendSimRequest(iccid=active))
     assert suspended.status.state == t.SIM_STATE_SUSPENDED
@@ -132,11 +150,13 @@ async def test_lifecycle_rules(stubs: Stubs) -> None:
 
     await expect_error(
         stubs.provisioning.SuspendSim(p.SuspendSimRequest(iccid=fresh)),
-        grpc.StatusCode.FAILED_PRECONDITION, "PROVISIONED",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROVISIONED",
     )
     await expect_error(
         stubs.provisioning.ResumeSim(p.ResumeSimRequest(iccid=fresh)),
-        grpc.StatusCode.FAILED_PRECONDITION, "PROVISIONED",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROVISIONED",
     )
     future = p.TerminateSimRequest(iccid=active)
     future.effective_at.FromDatetime(T0 + timedelta(days=1))
@@ -155,11 +175,16 @@ async def test_lifecycle_rules(stubs: Stubs) -> None:
         await expect_error(call, grpc.StatusCode.FAILED_PRECONDITION, "TERMINATED")
     await expect_error(
         stubs.provisioning.SuspendSim(p.SuspendSimRequest(iccid=iccids(50, 1)[0])),
-        grpc.StatusCode.NOT_FOUND, "SIM",
+        grpc.StatusCode.NOT_FOUND,
+        "SIM",
     )
 
 
 @pytest.mark.parametrize("iccid", ["", "x"])
 async def test_status_of_bad_iccid(stubs: Stubs, iccid: str) -> None:
     code = grpc.StatusCode.INVALID_ARGUMENT if not iccid else grpc.StatusCode.NOT_FOUND
-    await expect_error(stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=iccid)), code, "iccid" if not iccid else "x")
+    await expect_error(
+        stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=iccid)),
+        code,
+        "iccid" if not iccid else "x",
+    )

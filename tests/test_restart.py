@@ -6,11 +6,11 @@ import signal
 
 import grpc
 import pytest
-
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
+
 from tests.support import ServerProcess, Stubs, data_plan, first_use_plan, iccids
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,9 @@ async def test_sims_survive_restart(database_url: str, sig: signal.Signals) -> N
         stubs = Stubs(channel)
         await stubs.catalog.PutPlan(c.PutPlanRequest(plan=data_plan("P")))
         await stubs.catalog.PutPlan(c.PutPlanRequest(plan=first_use_plan("FU")))
-        await stubs.catalog.PutAccount(c.PutAccountRequest(account=t.Account(account_id="A", currency="EUR")))
+        await stubs.catalog.PutAccount(
+            c.PutAccountRequest(account=t.Account(account_id="A", currency="EUR"))
+        )
         half = len(sims) // 2
         for plan_id, part in (("P", sims[:half]), ("FU", sims[half:])):
             done = await stubs.provisioning.ProvisionSims(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
-
 from rating.v1 import clock_service_pb2 as pb
 from rating.v1 import clock_service_pb2_grpc as pb_grpc
+
 from service.api.convert import time_from_proto
 from service.clock import TestClock
 from service.errors import InvalidArgument

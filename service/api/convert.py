@@ -8,10 +8,11 @@ from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from rating.v1 import types_pb2 as pb
+
 from service.domain import model as m
 from service.errors import InvalidArgument
+from service.usage import InvalidRecord, RecordResult
 
 E = TypeVar("E", bound=m.enum.Enum)
 
@@ -59,7 +60,9 @@ def plan_from_proto(p: pb.Plan) -> m.Plan:
         plan_id=p.plan_id,
         currency=p.currency,
         subscription_fee_micros=p.subscription_fee_micros,
-        activation_mode=enum_from_proto(m.ActivationMode, p.activation.mode, "plan.activation.mode"),
+        activation_mode=enum_from_proto(
+            m.ActivationMode, p.activation.mode, "plan.activation.mode"
+        ),
         thresholds=tuple(
             m.Threshold(
                 enum_from_proto(
@@ -109,7 +112,10 @@ def plan_to_proto(plan: m.Plan) -> pb.Plan:
                 rounding_increment=r.rounding_increment,
                 included_quantity=r.included_quantity,
                 pooled=r.pooled,
-                tiers=[pb.Tier(up_to_quantity=t.up_to_quantity, price_micros=t.price_micros) for t in r.tiers],
+                tiers=[
+                    pb.Tier(up_to_quantity=t.up_to_quantity, price_micros=t.price_micros)
+                    for t in r.tiers
+                ],
             )
             for r in plan.usage_rates
         ],
@@ -157,3 +163,57 @@ def account_to_proto(a: m.Account) -> pb.Account:
 
 def usage_quantities(pairs: Iterable[tuple[m.UsageType, int]]) -> list[pb.UsageQuantity]:
     return [pb.UsageQuantity(usage_type=t.value, quantity=q) for t, q in pairs]  # type: ignore[arg-type]
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+_MAX_ID = 128
+_USAGE_TYPES = {t.value: t for t in m.UsageType}
+
+
+def _id_problem(value: str, required: bool) -> str | None:
+    if not value:
+        return "is required" if required else None
+    if len(value) > _MAX_ID:
+        return f"longer than {_MAX_ID} characters"
+    if not value.isprintable():
+        return "contains control characters"
+    return None
+
+
+def record_from_proto(r: pb.UsageRecord) -> m.UsageRecord | InvalidRecord:
+    """A domain record, or an InvalidRecord naming the first bad field."""
+    record_id = r.record_id
+    shown = record_id[:_MAX_ID]
+    for field, value, required in (
+        ("record_id", record_id, True),
+        ("iccid", r.iccid, True),
+        ("session_id", r.session_id, False),
+    ):
+        problem = _id_problem(value, required)
+        if problem is not None:
+            return InvalidRecord(shown, field, problem)
+    usage_type = _USAGE_TYPES.get(r.usage_type)
+    if usage_type is None:
+        return InvalidRecord(shown, "usage_type", f"unknown or unspecified value {r.usage_type}")
+    if r.quantity < 0:
+        return InvalidRecord(shown, "quantity", "must be >= 0")
+    if not r.HasField("event_time"):
+        return InvalidRecord(shown, "event_time", "is required")
+    ts = r.event_time
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not 0 <= ts.nanos < 1_000_000_000:
+        return InvalidRecord(shown, "event_time", "out of range")
+    event_time = datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
+    return m.UsageRecord(record_id, r.iccid, usage_type, r.quantity, event_time, r.session_id)
+
+
+def result_to_proto(result: RecordResult) -> pb.RecordResult:
+    return pb.RecordResult(
+        record_id=result.record_id,
+        status=result.status.value,  # type: ignore[arg-type]
+        detail=result.detail,
+        rated_quantity=result.rated_quantity,
+        charged=result.charged,
+        estimated_charge_micros=result.estimated_charge_micros,
+        started_billing=result.started_billing,
+    )

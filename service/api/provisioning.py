@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
-
 from rating.v1 import provisioning_service_pb2 as pb
 from rating.v1 import provisioning_service_pb2_grpc as pb_grpc
+
 from service.api import convert
 from service.api.status import sim_status_to_proto
 from service.cache import StateCache

@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
-import grpc
+import asyncio
+from collections.abc import AsyncIterator
 
+import grpc
 from rating.v1 import rating_service_pb2 as pb
 from rating.v1 import rating_service_pb2_grpc as pb_grpc
+from rating.v1 import types_pb2
+
+from service.api import convert
 from service.api.status import sim_status_to_proto
+from service.authorize import authorize
 from service.cache import StateCache
 from service.clock import Clock
+from service.domain.model import UsageType
 from service.errors import InvalidArgument
 from service.status import sim_view
+from service.usage import PeriodLookup, RecordResult
+from workers.persister import Persister
+
+MAX_RECORDS_PER_BATCH = 10_000
+# Batches of one stream in flight (read ahead, not yet acknowledged).
+STREAM_WINDOW = 8
+
+
+def _checked_records(records: object) -> list[object]:
+    converted = [convert.record_from_proto(r) for r in records]  # type: ignore[attr-defined]
+    if len(converted) > MAX_RECORDS_PER_BATCH:
+        raise InvalidArgument("records", f"at most {MAX_RECORDS_PER_BATCH} per batch")
+    return converted  # type: ignore[return-value]
+
+
+def _results(results: list[RecordResult]) -> list[types_pb2.RecordResult]:
+    return [convert.result_to_proto(r) for r in results]
 
 
 class RatingServicer(pb_grpc.RatingServiceServicer):
-    def __init__(self, cache: StateCache, clock: Clock) -> None:
+    def __init__(self, cache: StateCache, clock: Clock, persister: Persister) -> None:
         self._cache = cache
         self._clock = clock
+        self._persister = persister
+        self._periods = PeriodLookup()
 
     async def GetSimStatus(
         self, request: pb.GetSimStatusRequest, context: grpc.aio.ServicerContext
@@ -25,3 +51,75 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
             raise InvalidArgument("iccid", "is required")
         view = sim_view(self._cache, self._clock, request.iccid)
         return pb.GetSimStatusResponse(status=sim_status_to_proto(view))
+
+    async def AuthorizeSession(
+        self, request: pb.AuthorizeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuthorizeSessionResponse:
+        usage_type = convert.enum_from_proto(UsageType, request.usage_type, "usage_type")
+        answer = authorize(
+            self._cache,
+            self._clock,
+            self._periods,
+            request.iccid,
+            usage_type,
+            request.requested_quantity,
+        )
+        return pb.AuthorizeSessionResponse(
+            allowed=answer.allowed,
+            deny_reason=answer.deny_reason.value if answer.deny_reason else 0,  # type: ignore[arg-type]
+            state=answer.state.value if answer.state else 0,  # type: ignore[arg-type]
+            billing_started=answer.billing_started,
+            would_start_billing=answer.would_start_billing,
+            price_micros=answer.price_micros,
+            unit_quantity=answer.unit_quantity,
+            remaining_included_quantity=answer.remaining_included_quantity,
+            estimated_charge_micros=answer.estimated_charge_micros,
+        )
+
+    async def RateUsage(
+        self, request: pb.RateUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RateUsageResponse:
+        records = _checked_records(request.records)
+        results = await self._persister.submit(records, wait=False)  # type: ignore[arg-type]
+        return pb.RateUsageResponse(results=_results(results))
+
+    async def StreamUsage(
+        self,
+        request_iterator: AsyncIterator[pb.StreamUsageRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamUsageResponse]:
+        # A reader submits batches as they arrive (up to STREAM_WINDOW ahead); acknowledgements
+        # go out in arrival order, each once its batch is committed.
+        in_flight: asyncio.Queue[tuple[str, asyncio.Future[list[RecordResult]]] | None] = (
+            asyncio.Queue(STREAM_WINDOW)
+        )
+
+        async def read() -> None:
+            async for batch in request_iterator:
+                records = _checked_records(batch.records)
+                submitted = asyncio.ensure_future(
+                    self._persister.submit(records, wait=True)  # type: ignore[arg-type]
+                )
+                await in_flight.put((batch.batch_id, submitted))
+            await in_flight.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                get = asyncio.ensure_future(in_flight.get())
+                if not reader.done():
+                    await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done() and reader.done() and reader.exception() is not None:
+                    get.cancel()
+                    reader.result()  # the reader failed (bad batch): raise its error
+                item = await get
+                if item is None:
+                    break
+                batch_id, submitted = item
+                yield pb.StreamUsageResponse(batch_id=batch_id, results=_results(await submitted))
+        finally:
+            reader.cancel()
+            while not in_flight.empty():
+                item = in_flight.get_nowait()
+                if item is not None:
+                    item[1].cancel()

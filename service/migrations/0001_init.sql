@@ -39,6 +39,7 @@ CREATE TABLE usage_records (
     rated_quantity bigint NOT NULL,
     event_time     timestamptz NOT NULL,
     session_id     text NOT NULL DEFAULT '',
+    period         text NOT NULL,             -- the account period "YYYY-MM" of event_time
     received_at    timestamptz NOT NULL
 );
 CREATE INDEX usage_records_sim_time_idx ON usage_records (iccid, event_time);

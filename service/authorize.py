@@ -1,0 +1,91 @@
+"""AuthorizeSession: may this SIM start a session, and at what price? From memory only."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from service.cache import StateCache
+from service.clock import Clock
+from service.domain.model import ActivationMode, SimState, UsageType
+from service.domain.rating import estimate_charge, marginal_price, rated_quantity
+from service.errors import InvalidArgument
+from service.usage import PeriodLookup, allowance_position
+
+
+class DenyReason(enum.Enum):
+    UNKNOWN_SIM = 1
+    SUSPENDED = 2
+    TERMINATED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    allowed: bool
+    deny_reason: DenyReason | None = None
+    state: SimState | None = None
+    billing_started: bool = False
+    would_start_billing: bool = False
+    price_micros: int = 0
+    unit_quantity: int = 0
+    remaining_included_quantity: int = 0
+    estimated_charge_micros: int = 0
+
+
+_DENIED_STATES = {
+    SimState.SUSPENDED: DenyReason.SUSPENDED,
+    SimState.TERMINATED: DenyReason.TERMINATED,
+}
+
+
+def authorize(
+    cache: StateCache,
+    clock: Clock,
+    periods: PeriodLookup,
+    iccid: str,
+    usage_type: UsageType,
+    requested_quantity: int,
+) -> Authorization:
+    if not iccid:
+        raise InvalidArgument("iccid", "is required")
+    if requested_quantity < 0:
+        raise InvalidArgument("requested_quantity", "must be >= 0")
+    sim = cache.sims.get(iccid)
+    if sim is None:
+        return Authorization(allowed=False, deny_reason=DenyReason.UNKNOWN_SIM)
+    plan = cache.plans[sim.plan_id]
+    usage = cache.usage_of(iccid)
+    billing_started = sim.billing_started_at is not None
+    would_start = (
+        plan.activation_mode is ActivationMode.FIRST_USE
+        and not billing_started
+        and any(
+            t.usage_type is usage_type
+            and usage.lifetime_raw.get(usage_type, 0) + requested_quantity >= t.quantity
+            for t in plan.thresholds
+        )
+    )
+    rate = plan.rate_for(usage_type)
+    price = unit = remaining = estimate = 0
+    if rate is not None:
+        period = periods.name(cache.accounts[sim.account_id], clock.now())
+        used, included = allowance_position(cache, sim, rate, period)
+        price = marginal_price(rate, max(0, used - included))
+        unit = rate.unit_quantity
+        remaining = max(0, included - used)
+        if billing_started or would_start:
+            estimate = estimate_charge(
+                rate, used, rated_quantity(requested_quantity, rate), included
+            )
+    deny = _DENIED_STATES.get(sim.state)
+    return Authorization(
+        allowed=deny is None,
+        deny_reason=deny,
+        state=sim.state,
+        billing_started=billing_started,
+        would_start_billing=would_start,
+        price_micros=price,
+        unit_quantity=unit,
+        remaining_included_quantity=remaining,
+        estimated_charge_micros=estimate,
+    )

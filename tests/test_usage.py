@@ -1,0 +1,213 @@
+"""RateUsage and StreamUsage through a real channel: every record status, idempotency,
+rating rules and the running counters."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+import pytest
+from rating.v1 import provisioning_service_pb2 as p
+from rating.v1 import rating_service_pb2 as r
+from rating.v1 import types_pb2 as t
+
+from tests.conftest import AppFactory
+from tests.support import T0, Stubs, iccids
+from tests.usage_support import account_with_sims, period_usage, rate, record
+
+S = t  # status names live on the types module
+
+
+async def test_rated_record_is_rounded_charged_and_counted(stubs: Stubs) -> None:
+    sim = (await account_with_sims(stubs, 1))[0]
+    [result] = await rate(stubs, record("r1", sim, 600_000))
+    assert result.status == S.RECORD_STATUS_RATED
+    assert result.rated_quantity == 600_064  # rounded up to the 1,024-byte increment
+    assert result.charged
+    assert result.estimated_charge_micros == 0  # inside the 10 MiB allowance
+    [big] = await rate(stubs, record("r2", sim, 20_971_520))
+    # 600,064 + 20,971,520 - 10,485,760 = 11,085,824 chargeable bytes at 0.10/MiB
+    assert big.estimated_charge_micros == 1_057_227  # 10.5722656 MiB x 0.10
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 21_571_520}
+
+
+async def test_every_rejection_status(stubs: Stubs) -> None:
+    sims = await account_with_sims(stubs, 2, provisioned_at=T0 - timedelta(days=1))
+    await stubs.provisioning.TerminateSim(p.TerminateSimRequest(iccid=sims[1]))
+    results = await rate(
+        stubs,
+        record("unknown", iccids(99, 1)[0]),
+        record("early", sims[0], when=T0 - timedelta(days=2)),
+        record("late", sims[1], when=T0),
+        record("future", sims[0], when=T0 + timedelta(minutes=6)),
+        record("skew-ok", sims[0], when=T0 + timedelta(minutes=4)),
+        record("", sims[0]),
+        record("x" * 129, sims[0]),
+        record("neg", sims[0], quantity=-1),
+        record("no-time", sims[0], when=None),
+        record("no-type", sims[0], usage_type=0),
+        record("bad-type", sims[0], usage_type=42),
+        record("ctl\x00", sims[0]),
+        record("no-iccid", ""),
+    )
+    statuses = [(x.record_id, x.status) for x in results]
+    assert statuses == [
+        ("unknown", S.RECORD_STATUS_UNKNOWN_SIM),
+        ("early", S.RECORD_STATUS_BEFORE_PROVISIONING),
+        ("late", S.RECORD_STATUS_AFTER_TERMINATION),
+        ("future", S.RECORD_STATUS_FUTURE_EVENT),
+        ("skew-ok", S.RECORD_STATUS_RATED),
+        ("", S.RECORD_STATUS_INVALID),
+        ("x" * 128, S.RECORD_STATUS_INVALID),
+        ("neg", S.RECORD_STATUS_INVALID),
+        ("no-time", S.RECORD_STATUS_INVALID),
+        ("no-type", S.RECORD_STATUS_INVALID),
+        ("bad-type", S.RECORD_STATUS_INVALID),
+        ("ctl\x00", S.RECORD_STATUS_INVALID),
+        ("no-iccid", S.RECORD_STATUS_INVALID),
+    ]
+    details = [x.detail for x in results[5:]]
+    for field, detail in zip(
+        [
+            "record_id",
+            "record_id",
+            "quantity",
+            "event_time",
+            "usage_type",
+            "usage_type",
+            "record_id",
+            "iccid",
+        ],
+        details,
+        strict=True,
+    ):
+        assert detail.startswith(field), detail
+    assert await period_usage(stubs, sims[0]) == {t.USAGE_TYPE_DATA: 1_000}
+
+
+async def test_duplicates_in_a_batch_and_across_batches(stubs: Stubs) -> None:
+    sim = (await account_with_sims(stubs, 1))[0]
+    first = await rate(stubs, record("a", sim, 100), record("a", sim, 100), record("b", sim, 5))
+    assert [x.status for x in first] == [
+        S.RECORD_STATUS_RATED,
+        S.RECORD_STATUS_DUPLICATE,
+        S.RECORD_STATUS_RATED,
+    ]
+    second = await rate(stubs, record("b", sim, 5), record("c", sim, 7), record("a", sim, 999))
+    assert [x.status for x in second] == [
+        S.RECORD_STATUS_DUPLICATE,
+        S.RECORD_STATUS_RATED,
+        S.RECORD_STATUS_DUPLICATE,
+    ]
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 112}
+
+
+async def test_malformed_record_in_the_middle_of_a_good_batch(stubs: Stubs) -> None:
+    sim = (await account_with_sims(stubs, 1))[0]
+    batch = [record(f"g{i}", sim, 10) for i in range(10)]
+    batch.insert(5, record("bad", sim, quantity=-5))
+    results = await rate(stubs, *batch)
+    assert [x.status for x in results].count(S.RECORD_STATUS_RATED) == 10
+    assert results[5].status == S.RECORD_STATUS_INVALID and results[5].record_id == "bad"
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 100}
+
+
+async def test_duplicates_across_a_restart(start_app: AppFactory) -> None:
+    app, stubs = await start_app()
+    sim = (await account_with_sims(stubs, 1))[0]
+    await rate(stubs, record("a", sim, 100), record("b", sim, 200))
+    await app.stop()
+    _, stubs = await start_app()
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 300}
+    results = await rate(stubs, record("a", sim, 100), record("c", sim, 1))
+    assert [x.status for x in results] == [S.RECORD_STATUS_DUPLICATE, S.RECORD_STATUS_RATED]
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 301}
+
+
+async def test_period_closed_but_counted_ids_stay_duplicate(
+    start_app: AppFactory, database_url: str
+) -> None:
+    app, stubs = await start_app()
+    sim = (await account_with_sims(stubs, 1, provisioned_at=T0 - timedelta(days=40)))[0]
+    december = T0 - timedelta(days=10)
+    await rate(stubs, record("dec-1", sim, 100, when=december))
+    await app.stop()
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(
+        "INSERT INTO invoices VALUES ('A', '2025-12', $1, $2, 'EUR', 0, '{}', $2)",
+        T0 - timedelta(days=31),
+        T0,
+    )
+    await conn.close()
+    _, stubs = await start_app()
+    results = await rate(
+        stubs, record("dec-1", sim, 100, when=december), record("dec-2", sim, 1, when=december)
+    )
+    assert [x.status for x in results] == [S.RECORD_STATUS_DUPLICATE, S.RECORD_STATUS_PERIOD_CLOSED]
+
+
+async def test_stream_acknowledges_in_order(stubs: Stubs) -> None:
+    sims = await account_with_sims(stubs, 4)
+
+    async def batches():  # type: ignore[no-untyped-def]
+        for n in range(20):
+            yield r.StreamUsageRequest(
+                batch_id=f"b{n}",
+                records=[record(f"s{n}-{i}", sims[i % 4], 10) for i in range(50)]
+                + [record(f"s{n}-bad", sims[0], -1)],
+            )
+
+    acks = [ack async for ack in stubs.rating.StreamUsage(batches())]
+    assert [a.batch_id for a in acks] == [f"b{n}" for n in range(20)]
+    for ack in acks:
+        assert [x.status for x in ack.results].count(S.RECORD_STATUS_RATED) == 50
+        assert ack.results[-1].status == S.RECORD_STATUS_INVALID
+    assert sum([(await period_usage(stubs, s))[t.USAGE_TYPE_DATA] for s in sims]) == 20 * 50 * 10
+
+
+async def test_batch_over_the_limit_is_refused(stubs: Stubs) -> None:
+    sim = (await account_with_sims(stubs, 1))[0]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await rate(stubs, *[record(f"x{i}", sim) for i in range(10_001)])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "records" in (err.value.details() or "")
+    assert await period_usage(stubs, sim) == {}
+
+
+async def test_authorize_session(stubs: Stubs) -> None:
+    sims = await account_with_sims(stubs, 3)
+    await rate(stubs, record("u", sims[0], 10_485_760))
+    answer = await stubs.rating.AuthorizeSession(
+        r.AuthorizeSessionRequest(
+            iccid=sims[0], usage_type=t.USAGE_TYPE_DATA, requested_quantity=1_048_576
+        )
+    )
+    assert answer.allowed and answer.billing_started and not answer.would_start_billing
+    assert answer.state == t.SIM_STATE_ACTIVE
+    assert (answer.price_micros, answer.unit_quantity) == (100_000, 1_048_576)
+    assert answer.remaining_included_quantity == 0
+    assert answer.estimated_charge_micros == 100_000
+    fresh = await stubs.rating.AuthorizeSession(
+        r.AuthorizeSessionRequest(iccid=sims[1], usage_type=t.USAGE_TYPE_DATA, requested_quantity=1)
+    )
+    assert fresh.remaining_included_quantity == 10_485_760 and fresh.estimated_charge_micros == 0
+    await stubs.provisioning.SuspendSim(p.SuspendSimRequest(iccid=sims[1]))
+    await stubs.provisioning.TerminateSim(p.TerminateSimRequest(iccid=sims[2]))
+    for iccid, reason in (
+        (sims[1], r.DENY_REASON_SUSPENDED),
+        (sims[2], r.DENY_REASON_TERMINATED),
+        (iccids(77, 1)[0], r.DENY_REASON_UNKNOWN_SIM),
+    ):
+        denied = await stubs.rating.AuthorizeSession(
+            r.AuthorizeSessionRequest(
+                iccid=iccid, usage_type=t.USAGE_TYPE_DATA, requested_quantity=1
+            )
+        )
+        assert not denied.allowed and denied.deny_reason == reason
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.rating.AuthorizeSession(r.AuthorizeSessionRequest(iccid=sims[0]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "usage_type" in (
+        err.value.details() or ""
+    )

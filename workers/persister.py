@@ -1,0 +1,187 @@
+"""The persister: group commit of usage batches from every caller.
+
+Callers `submit` a batch and wait for its results. The worker takes whatever batches are
+queued (up to a record bound), checks them against the cache, and commits all new records
+in ONE transaction (one array INSERT ... ON CONFLICT DO NOTHING), together with any billing
+start the records moved. Only after the commit does it update the cache and answer the
+callers, so an acknowledged record is always in PostgreSQL. If the commit fails, every
+caller of the group gets `StorageUnavailable` and nothing is counted: retrying is safe
+because record ids are idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from service import repository
+from service.clock import Clock
+from service.domain.model import UsageRecord
+from service.errors import Overloaded, StorageUnavailable
+from service.metrics import Metrics
+from service.usage import (
+    Candidate,
+    Checked,
+    ClosedCandidate,
+    InvalidRecord,
+    RecordResult,
+    RecordStatus,
+    UsageEngine,
+)
+
+log = structlog.get_logger("persister")
+
+DUPLICATE_DETAIL = "record_id seen before"
+
+
+@dataclass(slots=True)
+class Submission:
+    records: Sequence[UsageRecord | InvalidRecord]
+    future: asyncio.Future[list[RecordResult]]
+
+
+class Persister:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        engine: UsageEngine,
+        clock: Clock,
+        metrics: Metrics,
+        state_lock: asyncio.Lock,
+        *,
+        max_queued_batches: int,
+        max_records_per_commit: int,
+    ) -> None:
+        self._pool = pool
+        self._engine = engine
+        self._clock = clock
+        self._metrics = metrics
+        self._state_lock = state_lock
+        self._queue: asyncio.Queue[Submission] = asyncio.Queue(max_queued_batches)
+        self._max_records = max_records_per_commit
+
+    async def submit(
+        self, records: Sequence[UsageRecord | InvalidRecord], *, wait: bool
+    ) -> list[RecordResult]:
+        """Queue a batch and return its results once committed.
+
+        wait=True (streams) waits for room in the queue: backpressure. wait=False (unary
+        calls) fails at once with Overloaded when the queue is full.
+        """
+        submission = Submission(records, asyncio.get_running_loop().create_future())
+        if wait:
+            await self._queue.put(submission)
+        else:
+            try:
+                self._queue.put_nowait(submission)
+            except asyncio.QueueFull:
+                raise Overloaded("usage queue is full; retry with backoff") from None
+        self._metrics.persist_queue_depth.set(self._queue.qsize())
+        return await submission.future
+
+    async def run(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            self._take_queued(group)
+            await self.commit(group)
+
+    async def run_once(self) -> int:
+        """Commit what is queued now (tests); returns the number of batches committed."""
+        group: list[Submission] = []
+        self._take_queued(group)
+        if group:
+            await self.commit(group)
+        return len(group)
+
+    def _take_queued(self, group: list[Submission]) -> None:
+        records = sum(len(s.records) for s in group)
+        while records < self._max_records and not self._queue.empty():
+            submission = self._queue.get_nowait()
+            group.append(submission)
+            records += len(submission.records)
+        self._metrics.persist_queue_depth.set(self._queue.qsize())
+
+    async def commit(self, group: list[Submission]) -> None:
+        started = time.perf_counter()
+        async with self._state_lock:
+            checked = [[self._engine.check(r) for r in s.records] for s in group]
+            first: dict[str, Candidate] = {}
+            closed: list[str] = []
+            for items in checked:
+                for item in items:
+                    if isinstance(item, Candidate):
+                        first.setdefault(item.record.record_id, item)
+                    elif isinstance(item, ClosedCandidate):
+                        closed.append(item.record_id)
+            try:
+                new, counted_closed, moved = await self._write(list(first.values()), closed)
+            except StorageUnavailable as exc:
+                self._fail(group, exc)
+                return
+            rated = dict(zip((c.record.record_id for c in new), self._engine.apply(new, moved)))
+        fresh = {id(c) for c in new}
+        for submission, items in zip(group, checked):
+            results = [self._answer(item, rated, fresh, counted_closed) for item in items]
+            if not submission.future.done():
+                submission.future.set_result(results)
+            self._count_results(results)
+        records = sum(len(items) for items in checked)
+        self._metrics.persist_batch_records.observe(records)
+        self._metrics.persist_batch_seconds.observe(time.perf_counter() - started)
+
+    async def _write(
+        self, candidates: list[Candidate], closed: list[str]
+    ) -> tuple[list[Candidate], set[str], dict[str, object]]:
+        try:
+            async with repository.transaction(self._pool) as conn:
+                inserted = (
+                    await repository.insert_usage(conn, candidates, self._clock.now())
+                    if candidates
+                    else set()
+                )
+                counted_closed = (
+                    await repository.known_record_ids(conn, closed) if closed else set()
+                )
+                new = [c for c in candidates if c.record.record_id in inserted]
+                moved = self._engine.plan_starts(new)
+                if moved:
+                    await repository.update_sims(conn, moved.values())
+        except asyncpg.PostgresError as exc:
+            log.error("group commit failed", error=repr(exc))
+            raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
+        return new, counted_closed, moved  # type: ignore[return-value]
+
+    def _fail(self, group: list[Submission], exc: StorageUnavailable) -> None:
+        self._metrics.persist_failures.inc()
+        log.warning("group commit failed; nothing acknowledged", batches=len(group), error=str(exc))
+        for submission in group:
+            if not submission.future.done():
+                submission.future.set_exception(StorageUnavailable(str(exc)))
+
+    @staticmethod
+    def _answer(
+        item: Checked, rated: dict[str, RecordResult], fresh: set[int], counted: set[str]
+    ) -> RecordResult:
+        if isinstance(item, RecordResult):
+            return item
+        if isinstance(item, ClosedCandidate):
+            if item.record_id in counted:
+                return RecordResult(item.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+            return RecordResult(
+                item.record_id, RecordStatus.PERIOD_CLOSED, f"period {item.period} is settled"
+            )
+        if id(item) in fresh:
+            return rated[item.record.record_id]
+        return RecordResult(item.record.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+
+    def _count_results(self, results: list[RecordResult]) -> None:
+        by_status: dict[RecordStatus, int] = {}
+        for result in results:
+            by_status[result.status] = by_status.get(result.status, 0) + 1
+        for status, count in by_status.items():
+            self._metrics.usage_records.labels(status.name).inc(count)
