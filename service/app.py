@@ -42,11 +42,12 @@ from service.api.rating import RatingServicer
 from service.cache import StateCache
 from service.catalog import Catalog
 from service.clock import Clock, SystemClock, TestClock
-from service.domain.model import Sim
+from service.domain.model import ActivationMode, Sim, SimState
 from service.metrics import Metrics
 from service.provisioning import Provisioning
 from service.settings import Settings
 from service.usage import UsageEngine
+from workers.activation import ActivationWorker
 from workers.persister import Persister
 
 log = structlog.get_logger("app")
@@ -79,6 +80,7 @@ class Application:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._waiting = 0  # FIRST_USE SIMs whose billing has not started
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -98,8 +100,15 @@ class Application:
         await self._load_cache()
         catalog = Catalog(self.pool, self.cache, self.clock, state_lock)
         provisioning = Provisioning(self.pool, self.cache, self.clock, state_lock)
-        provisioning.listeners.append(self._count_states)
-        self._count_states(())
+        self.activation = ActivationWorker(
+            self.pool, self.cache, self.engine, self.clock, self.metrics, state_lock
+        )
+        for sim in self.cache.sims.values():
+            self.activation.track(sim)
+            self._waiting += _waits_for_first_use(self.cache, sim)
+        self.cache.sim_listeners.append(self._sim_changed)
+        self._count_states()
+        await self.activation.run_once(self.clock.now())  # deadlines passed while stopped
         self.persister = Persister(
             self.pool,
             self.engine,
@@ -110,6 +119,10 @@ class Application:
             max_records_per_commit=self.settings.persist_max_records_per_commit,
         )
         self.spawn("persister", self.persister.run())
+        if isinstance(self.clock, TestClock):
+            self.clock.subscribe(self.activation.run_once)
+        else:
+            self.spawn("activation", self.activation.run())
         await self._start_grpc(catalog, provisioning)
         self._start_metrics_http()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -157,9 +170,23 @@ class Application:
             rejected_start=start,
         )
 
-    def _count_states(self, _changed: object) -> None:
+    def _sim_changed(self, previous: Sim | None, sim: Sim) -> None:
+        if previous is None or previous.provisioned_at != sim.provisioned_at:
+            self.activation.track(sim)
+        if sim.billing_started_at is not None and (
+            previous is None or previous.billing_started_at is None
+        ):
+            reason = sim.billing_start_reason.name if sim.billing_start_reason else "UNKNOWN"
+            self.metrics.activations.labels(reason).inc()
+        self._waiting += _waits_for_first_use(self.cache, sim)
+        if previous is not None:
+            self._waiting -= _waits_for_first_use(self.cache, previous)
+        self._count_states()
+
+    def _count_states(self) -> None:
         for state, count in self.cache.state_counts.items():
             self.metrics.sims.labels(state.name).set(count)
+        self.metrics.activation_pending.set(self._waiting)
 
     async def _start_grpc(self, catalog: Catalog, provisioning: Provisioning) -> None:
         server = grpc.aio.server(interceptors=[ObservabilityInterceptor(self.metrics)])
@@ -249,3 +276,12 @@ class Application:
             except TimeoutError:
                 self._pool.terminate()
         log.info("stopped")
+
+
+def _waits_for_first_use(cache: StateCache, sim: Sim) -> int:
+    plan = cache.plans[sim.plan_id]
+    return int(
+        plan.activation_mode is ActivationMode.FIRST_USE
+        and sim.billing_started_at is None
+        and sim.state is not SimState.TERMINATED
+    )

@@ -8,7 +8,7 @@ never the database for status and authorization calls.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -89,6 +89,8 @@ class StateCache:
         self.pool_used: defaultdict[tuple[str, str, str, UsageType], int] = defaultdict(int)
         self.started_on_plan: Counter[tuple[str, str]] = Counter()
         self.loaded = False
+        # Called with (previous or None, new) after every SIM change is installed.
+        self.sim_listeners: list[Callable[[Sim | None, Sim], None]] = []
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -158,6 +160,8 @@ class StateCache:
             self.sims_by_account[sim.account_id].add(sim.iccid)
             self.state_counts[sim.state] += 1
             self.started_on_plan[(sim.account_id, sim.plan_id)] += _counts_in_pool(sim)
+            for listener in self.sim_listeners:
+                listener(previous, sim)
 
 
 def _counts_in_pool(sim: Sim) -> int:

@@ -41,9 +41,6 @@ class ProvisionResult:
     detail: str = ""
 
 
-SimListener = Callable[[Sequence[Sim]], None]
-
-
 class Provisioning:
     def __init__(
         self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: asyncio.Lock
@@ -52,8 +49,6 @@ class Provisioning:
         self._cache = cache
         self._clock = clock
         self._write_lock = write_lock
-        # Told about every committed SIM change (the activation worker keeps its deadlines).
-        self.listeners: list[SimListener] = []
 
     def _not_in_future(self, field: str, when: datetime) -> datetime:
         if when > self._clock.now() + CLOCK_SKEW_TOLERANCE:
@@ -169,5 +164,3 @@ class Provisioning:
 
     def _publish(self, sims: Sequence[Sim]) -> None:
         self._cache.put_sims(sims)
-        for listener in self.listeners:
-            listener(sims)

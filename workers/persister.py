@@ -123,9 +123,11 @@ class Persister:
             except StorageUnavailable as exc:
                 self._fail(group, exc)
                 return
-            rated = dict(zip((c.record.record_id for c in new), self._engine.apply(new, moved)))
+            rated = dict(
+                zip((c.record.record_id for c in new), self._engine.apply(new, moved), strict=True)
+            )
         fresh = {id(c) for c in new}
-        for submission, items in zip(group, checked):
+        for submission, items in zip(group, checked, strict=True):
             results = [self._answer(item, rated, fresh, counted_closed) for item in items]
             if not submission.future.done():
                 submission.future.set_result(results)
