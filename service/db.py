@@ -80,7 +80,7 @@ def start_embedded(data_dir: Path) -> Any:
     import pgserver  # imported here: only the embedded mode needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(data_dir.resolve(), cleanup_mode=None)
+    return pgserver.get_server(data_dir.resolve(), cleanup_mode=None)  # type: ignore[attr-defined]
 
 
 async def embedded_url(data_dir: Path) -> str:

@@ -103,7 +103,8 @@ class ActivationWorker:
                         await repository.update_sims(conn, chunk)
                 except Exception:
                     for sim in due[offset:]:  # not committed: keep waiting, retry next run
-                        heapq.heappush(self._heap, (sim.billing_started_at, sim.iccid))  # type: ignore[arg-type]
+                        assert sim.billing_started_at is not None
+                        heapq.heappush(self._heap, (sim.billing_started_at, sim.iccid))
                     raise
                 for sim in chunk:
                     self._engine.install_start(sim)

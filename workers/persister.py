@@ -21,7 +21,7 @@ import structlog
 
 from service import repository
 from service.clock import Clock
-from service.domain.model import UsageRecord
+from service.domain.model import Sim, UsageRecord
 from service.errors import Overloaded, StorageUnavailable
 from service.metrics import Metrics
 from service.usage import (
@@ -138,7 +138,7 @@ class Persister:
 
     async def _write(
         self, candidates: list[Candidate], closed: list[str]
-    ) -> tuple[list[Candidate], set[str], dict[str, object]]:
+    ) -> tuple[list[Candidate], set[str], dict[str, Sim]]:
         try:
             async with repository.transaction(self._pool) as conn:
                 inserted = (
@@ -156,7 +156,7 @@ class Persister:
         except asyncpg.PostgresError as exc:
             log.error("group commit failed", error=repr(exc))
             raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
-        return new, counted_closed, moved  # type: ignore[return-value]
+        return new, counted_closed, moved
 
     def _fail(self, group: list[Submission], exc: StorageUnavailable) -> None:
         self._metrics.persist_failures.inc()

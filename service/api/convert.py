@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from rating.v1 import types_pb2 as pb
 
+from rating.v1 import types_pb2 as pb
 from service.domain import model as m
 from service.errors import InvalidArgument
 from service.usage import InvalidRecord, RecordResult
 
-E = TypeVar("E", bound=m.enum.Enum)
+E = TypeVar("E", bound=enum.Enum)
 
 # Timestamp.ToDatetime accepts 0001-01-01..9999-12-31; outside that, the field is invalid.
 _MIN_SECONDS = -62135596800
@@ -24,9 +25,10 @@ _MAX_SECONDS = 253402300799
 def enum_from_proto(enum_type: type[E], value: int, field: str) -> E:
     """Proto enum number -> domain enum (values are shared); 0 and unknown numbers are invalid."""
     try:
-        return enum_type(value)
+        member: E = enum_type(value)
     except ValueError:
         raise InvalidArgument(field, f"unknown or unspecified value {value}") from None
+    return member
 
 
 def time_from_proto(ts: Timestamp, field: str) -> datetime:

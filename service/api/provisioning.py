@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import grpc
+
 from rating.v1 import provisioning_service_pb2 as pb
 from rating.v1 import provisioning_service_pb2_grpc as pb_grpc
-
+from rating.v1 import types_pb2
 from service.api import convert
 from service.api.status import sim_status_to_proto
 from service.cache import StateCache
@@ -20,7 +21,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         self._cache = cache
         self._clock = clock
 
-    def _status(self, iccid: str) -> convert.pb.SimStatus:
+    def _status(self, iccid: str) -> types_pb2.SimStatus:
         return sim_status_to_proto(sim_view(self._cache, self._clock, iccid))
 
     async def ProvisionSims(
