@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+
 from rating.v1 import (
     billing_service_pb2,
     billing_service_pb2_grpc,
@@ -32,13 +33,14 @@ from rating.v1 import (
     rating_service_pb2,
     rating_service_pb2_grpc,
 )
-
 from service import db, repository
+from service.api.billing import BillingServicer
 from service.api.catalog import CatalogServicer
 from service.api.clock import ClockServicer
 from service.api.interceptor import ObservabilityInterceptor
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
+from service.billing import Billing
 from service.cache import StateCache
 from service.catalog import Catalog
 from service.clock import Clock, SystemClock, TestClock
@@ -49,6 +51,7 @@ from service.settings import Settings
 from service.usage import UsageEngine
 from workers.activation import ActivationWorker
 from workers.persister import Persister
+from workers.settlement import SettlementWorker
 
 log = structlog.get_logger("app")
 
@@ -123,6 +126,7 @@ class Application:
             self.clock.subscribe(self.activation.run_once)
         else:
             self.spawn("activation", self.activation.run())
+        self.billing = Billing(self.pool, self.cache, self.clock, self.metrics, state_lock)
         await self._start_grpc(catalog, provisioning)
         self._start_metrics_http()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -135,6 +139,14 @@ class Application:
             sims=len(self.cache.sims),
             clock="test" if self.settings.test_clock else "system",
         )
+        # Settlement last: on a test clock every advance runs activations before it settles.
+        self.settlement = SettlementWorker(
+            self.billing, self.cache, self.clock, self.settings.late_usage_window
+        )
+        if isinstance(self.clock, TestClock):
+            self.clock.subscribe(self.settlement.run_once)
+        else:
+            self.spawn("settlement", self.settlement.run())
 
     async def _load_cache(self) -> None:
         async with self.pool.acquire() as conn:
@@ -200,19 +212,13 @@ class Application:
             RatingServicer(self.cache, self.clock, self.persister), server
         )
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-            billing_service_pb2_grpc.BillingServiceServicer(), server
+            BillingServicer(self.billing), server
         )
-        served = list(SERVICE_NAMES)
-        if isinstance(self.clock, TestClock):
-            clock_service_pb2_grpc.add_ClockServiceServicer_to_server(
-                ClockServicer(self.clock), server
-            )
-        else:
-            served.remove(SERVICE_NAMES[-1])
+        clock_service_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
-                *served,
+                *SERVICE_NAMES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -77,7 +78,10 @@ def start_embedded(data_dir: Path) -> Any:
     The server keeps running after this process exits, so a restart (even after kill -9)
     finds its data and its server where it left them.
     """
-    import pgserver  # imported here: only the embedded mode needs it
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.simplefilter("ignore")
+        import pgserver  # imported here: only the embedded mode needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
     return pgserver.get_server(data_dir.resolve(), cleanup_mode=None)  # type: ignore[attr-defined]

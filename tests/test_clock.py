@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from rating.v1 import clock_service_pb2 as k
 
+from rating.v1 import clock_service_pb2 as k
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs
 
@@ -30,8 +30,12 @@ async def test_time_moves_forward_only(stubs: Stubs) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_no_clock_service_on_the_system_clock(start_app: AppFactory) -> None:
+async def test_clock_service_refuses_on_the_system_clock(start_app: AppFactory) -> None:
     _, stubs = await start_app(test_clock=False, clock_start=None)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stubs.clock.GetTime(k.GetTimeRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    later = k.AdvanceTimeRequest()
+    later.to.FromDatetime(T0)
+    for call in (stubs.clock.GetTime(k.GetTimeRequest()), stubs.clock.AdvanceTime(later)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "RATING_CLOCK=test" in (err.value.details() or "")
