@@ -1,0 +1,87 @@
+"""`python -m bench`: run the registered benchmarks, print the table, write results.json.
+
+python -m bench                                  # full size (1M records, 100k SIMs)
+python -m bench --records 100000 --sims 10000    # a quick run
+python -m bench --only ingestion --profile /tmp/bench   # cProfile of the server side
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import registry, report
+from bench.context import BenchContext, Progress
+from bench.registry import Figure, VerificationFailed
+from bench.workload import Workload
+from service.logs import configure_logging
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
+
+
+def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
+    defaults = Workload()
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=defaults.records, help="usage records")
+    parser.add_argument("--sims", type=int, default=defaults.sims, help="SIMs to provision")
+    parser.add_argument("--streams", type=int, default=defaults.streams, help="concurrent streams")
+    parser.add_argument("--batch", type=int, default=defaults.batch, help="records per batch")
+    parser.add_argument(
+        "--copy-batch",
+        type=int,
+        default=20_000,
+        help="rows per COPY in the storage baseline (0: one COPY of everything)",
+    )
+    parser.add_argument(
+        "--only", action="append", choices=names, help="run only this benchmark (repeatable)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="cProfile this process during each timed window; writes PROFILE.<name>.pstats",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON path")
+    args = parser.parse_args(argv)
+    for name in ("records", "sims", "streams", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.batch > 10_000:
+        parser.error("--batch must be <= 10000 (the service's limit per batch)")
+    return args
+
+
+async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> int:
+    workload = Workload(args.records, args.sims, args.streams, args.batch)
+    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile)
+    ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
+    figures: list[Figure] = []
+    try:
+        for bench in selected:
+            figures.extend(await bench.run(ctx))
+        postgres = await ctx.server_info() if ctx.has_server else None
+    except VerificationFailed as exc:
+        print(f"verification failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await ctx.close()
+    print(report.table(figures))
+    options = {"only": args.only, "copy_batch": args.copy_batch, "profile": bool(args.profile)}
+    report.write_json(args.output, figures, workload, options, postgres)
+    ctx.progress.line(f"results written to {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging("console", level=logging.WARNING)
+    benchmarks = registry.load()
+    args = parse_args(argv, list(benchmarks))
+    selected = [b for name, b in benchmarks.items() if not args.only or name in args.only]
+    return asyncio.run(run(args, selected))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

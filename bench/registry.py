@@ -1,0 +1,73 @@
+"""The registry of named benchmarks and the figures they report.
+
+A benchmark is an async function taking the run's `BenchContext` and returning its
+figures; `@benchmark("name", "what it measures")` registers it under the name that
+`--only` selects. Benchmarks run in registration order: the modules in `MODULES` are
+imported in that order. To add one (activation throughput, settlement time, ...), write
+a module with a decorated function and append the module to `MODULES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.context import BenchContext
+
+# Imported in this order; their @benchmark functions run in this order.
+MODULES = ("bench.ingestion", "bench.transport", "bench.storage")
+
+# Unit of the figures the report compares with the baselines below.
+THROUGHPUT_UNIT = "records/s"
+COPY_BASELINE = "copy"
+TRANSPORT_BASELINE = "transport"
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured number. `name` is unique in a run; ratios apply to records/s figures."""
+
+    name: str
+    label: str
+    value: float
+    unit: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class VerificationFailed(RuntimeError):
+    """The benchmark ran but its outcome is wrong: its figure would mean nothing."""
+
+
+BenchmarkFn = Callable[["BenchContext"], Awaitable[list[Figure]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Benchmark:
+    name: str
+    description: str
+    run: BenchmarkFn
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def benchmark(name: str, description: str) -> Callable[[BenchmarkFn], BenchmarkFn]:
+    """Register the decorated function as the benchmark `name`."""
+
+    def register(run: BenchmarkFn) -> BenchmarkFn:
+        if name in BENCHMARKS:
+            raise ValueError(f"benchmark {name!r} registered twice")
+        BENCHMARKS[name] = Benchmark(name, description, run)
+        return run
+
+    return register
+
+
+def load() -> dict[str, Benchmark]:
+    """Import every benchmark module; return the registry."""
+    for module in MODULES:
+        importlib.import_module(module)
+    return BENCHMARKS

@@ -1,0 +1,71 @@
+"""Baseline B, the storage limit: asyncpg COPY of the same rows, no service in between.
+
+A fresh database migrated like the service's, and a separate fresh table
+`usage_records_copy (LIKE usage_records INCLUDING ALL)`: same columns, primary key on
+record_id and the (iccid, event_time) index. The rows are exactly those the service
+writes for the workload (rated_quantity, period and received_at included), built before
+the timer. Timed: `copy_records_to_table` in chunks of `--copy-batch` rows (default
+20,000, the persister's largest group commit), one COPY per transaction, one
+connection, one after the other -- like the persister's sequential group commits. With
+`--copy-batch 0` it is one COPY of every row.
+"""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+
+from bench.context import BenchContext
+from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
+from bench.workload import USAGE_COLUMNS, usage_rows
+from service import db
+
+TABLE = "usage_records_copy"
+
+
+@benchmark("copy", "baseline B: asyncpg COPY of the same rows into a usage_records-shaped table")
+async def copy(ctx: BenchContext) -> list[Figure]:
+    workload = ctx.workload
+    progress = ctx.progress
+    chunk = ctx.copy_batch or workload.records
+    with progress.phase(f"copy: build {workload.records:,} rows"):
+        chunks = usage_rows(workload, chunk)
+    async with ctx.fresh_database() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await db.migrate(conn)
+            await conn.execute(f"CREATE TABLE {TABLE} (LIKE usage_records INCLUDING ALL)")
+            await ctx.checkpoint(url)
+            with (
+                progress.phase(f"copy: {len(chunks)} COPYs of up to {chunk:,} rows"),
+                ctx.profiled("copy"),
+                ctx.cpu_meter() as cpu,
+            ):
+                started = time.perf_counter()
+                for rows in chunks:
+                    await conn.copy_records_to_table(TABLE, records=rows, columns=USAGE_COLUMNS)
+                seconds = time.perf_counter() - started
+            stored = await conn.fetchval(f"SELECT count(*) FROM {TABLE}")
+        finally:
+            await conn.close()
+    if stored != workload.records:
+        raise VerificationFailed(f"copy: {TABLE} holds {stored} rows, expected {workload.records}")
+    value = workload.records / seconds
+    progress.line(f"copy: {value:,.0f} records/s")
+    return [
+        Figure(
+            name="copy",
+            label="baseline B: asyncpg COPY (storage limit)",
+            value=value,
+            unit=THROUGHPUT_UNIT,
+            details={
+                "seconds": round(seconds, 3),
+                "records": workload.records,
+                "rows_per_copy": chunk,
+                "copies": len(chunks),
+                "transaction": "one per COPY (autocommit), one connection, sequential",
+                **cpu,
+            },
+        )
+    ]
