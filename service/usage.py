@@ -19,17 +19,17 @@ import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import structlog
 
-from service.cache import SimUsage, StateCache, UnchargedRecord
+from service.cache import StateCache, UnchargedRecord, UsageCounters
 from service.clock import Clock
 from service.domain.activation import decide_billing_start, first_use_time, is_charged
 from service.domain.model import (
     Account,
     ActivationMode,
     BillingStartReason,
-    Plan,
     Sim,
     SimState,
     UsageRate,
@@ -47,7 +47,7 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 INT64_MAX = 2**63 - 1
 
 
-class RecordStatus(enum.Enum):
+class RecordStatus(enum.IntEnum):
     RATED = 1
     DUPLICATE = 2
     UNKNOWN_SIM = 3
@@ -58,8 +58,10 @@ class RecordStatus(enum.Enum):
     FUTURE_EVENT = 8
 
 
-@dataclass(frozen=True, slots=True)
-class RecordResult:
+RATED = RecordStatus.RATED  # enum member lookups are slow on the hot path
+
+
+class RecordResult(NamedTuple):
     record_id: str
     status: RecordStatus
     detail: str = ""
@@ -78,8 +80,7 @@ class InvalidRecord:
     problem: str
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A record that passed every check and waits for its commit."""
 
     record: UsageRecord
@@ -222,6 +223,7 @@ class UsageEngine:
     def install_start(self, sim: Sim) -> None:
         """Install a new (earlier) billing start: uncharged records from it on become charged."""
         usage = self._cache.usage_for_update(sim.iccid)
+        plan = self._cache.plans[sim.plan_id]
         start = sim.billing_started_at
         assert start is not None
         still_uncharged = []
@@ -229,9 +231,9 @@ class UsageEngine:
             if record.event_time >= start:
                 self._charge(
                     sim,
-                    usage,
+                    usage.counters(record.period, record.usage_type),
                     record.period,
-                    record.usage_type,
+                    plan.rate_for(record.usage_type),
                     record.quantity,
                     record.rated_quantity,
                 )
@@ -243,66 +245,55 @@ class UsageEngine:
     def _count(
         self, candidate: Candidate, started: Sim | None, *, estimate: bool = True
     ) -> RecordResult:
+        # The ingestion hot path: one call per record, so lookups are done once each.
         record = candidate.record
+        usage_type = record.usage_type
+        quantity = record.quantity
+        rated = candidate.rated_quantity
         sim = self._cache.sims[record.iccid]
         plan = self._cache.plans[sim.plan_id]
         usage = self._cache.usage_for_update(record.iccid)
-        usage.lifetime_raw[record.usage_type] = (
-            usage.lifetime_raw.get(record.usage_type, 0) + record.quantity
-        )
-        counters = usage.counters(candidate.period, record.usage_type)
+        lifetime = usage.lifetime_raw
+        lifetime[usage_type] = lifetime.get(usage_type, 0) + quantity
+        counters = usage.counters(candidate.period, usage_type)
+        counters.raw_quantity += quantity
+        counters.records += 1
         charged = is_charged(record.event_time, sim.billing_started_at)
         charge = 0
         if charged:
-            if estimate:
-                charge = self._estimate(plan, usage, candidate)
-            self._charge(
-                sim,
-                usage,
-                candidate.period,
-                record.usage_type,
-                record.quantity,
-                candidate.rated_quantity,
-            )
+            rate = plan.rate_for(usage_type)
+            if rate is not None and estimate:
+                if rate.pooled:
+                    used, included = allowance_position(self._cache, sim, rate, candidate.period)
+                else:
+                    used, included = counters.charged_rated_quantity, rate.included_quantity
+                charge = estimate_charge(rate, used, rated, included)
+            self._charge(sim, counters, candidate.period, rate, quantity, rated)
         elif plan.activation_mode is ActivationMode.FIRST_USE:
             usage.uncharged.append(
-                UnchargedRecord(
-                    record.event_time,
-                    record.usage_type,
-                    record.quantity,
-                    candidate.rated_quantity,
-                    candidate.period,
-                )
+                UnchargedRecord(record.event_time, usage_type, quantity, rated, candidate.period)
             )
-        counters.raw_quantity += record.quantity
-        counters.records += 1
-        return RecordResult(
-            record.record_id,
-            RecordStatus.RATED,
-            rated_quantity=candidate.rated_quantity,
-            charged=charged,
-            estimated_charge_micros=charge,
-            started_billing=started is not None
+        started_billing = (
+            started is not None
             and started.billing_start_reason is BillingStartReason.FIRST_USE
-            and record.event_time == started.billing_started_at,
+            and record.event_time == started.billing_started_at
         )
+        return RecordResult(record.record_id, RATED, "", rated, charged, charge, started_billing)
 
     def _charge(
-        self, sim: Sim, usage: SimUsage, period: str, usage_type: UsageType, raw: int, rated: int
+        self,
+        sim: Sim,
+        counters: UsageCounters,
+        period: str,
+        rate: UsageRate | None,
+        raw: int,
+        rated: int,
     ) -> None:
-        counters = usage.counters(period, usage_type)
         counters.charged_rated_quantity += rated
         counters.charged_raw_quantity += raw
         counters.charged_records += 1
-        self._cache.pool_used[(sim.account_id, sim.plan_id, period, usage_type)] += rated
-
-    def _estimate(self, plan: Plan, usage: SimUsage, candidate: Candidate) -> int:
-        rate = plan.rate_for(candidate.record.usage_type)
-        if rate is None:
-            return 0
-        sim = self._cache.sims[candidate.record.iccid]
-        used, included = allowance_position(self._cache, sim, rate, candidate.period)
-        return estimate_charge(rate, used, candidate.rated_quantity, included)
+        if rate is not None and rate.pooled:
+            self._cache.pool_used[(sim.account_id, sim.plan_id, period, rate.usage_type)] += rated
 
     # --- restart -------------------------------------------------------------------------------
 

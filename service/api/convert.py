@@ -170,6 +170,7 @@ def usage_quantities(pairs: Iterable[tuple[m.UsageType, int]]) -> list[pb.UsageQ
 # --- usage ---------------------------------------------------------------------------------
 
 _MAX_ID = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _USAGE_TYPES = {t.value: t for t in m.UsageType}
 
 
@@ -185,34 +186,50 @@ def _id_problem(value: str, required: bool) -> str | None:
 
 def record_from_proto(r: pb.UsageRecord) -> m.UsageRecord | InvalidRecord:
     """A domain record, or an InvalidRecord naming the first bad field."""
-    record_id = r.record_id
-    shown = record_id[:_MAX_ID]
+    record_id, iccid, session_id = r.record_id, r.iccid, r.session_id
+    # The hot path: a well-formed record passes these cheap tests and nothing else runs.
+    ids_ok = (
+        0 < len(record_id) <= _MAX_ID
+        and record_id.isprintable()
+        and 0 < len(iccid) <= _MAX_ID
+        and iccid.isprintable()
+        and (not session_id or (len(session_id) <= _MAX_ID and session_id.isprintable()))
+    )
+    if not ids_ok:
+        return _invalid_ids(record_id, iccid, session_id)
+    usage_type = _USAGE_TYPES.get(r.usage_type)
+    if usage_type is None:
+        return InvalidRecord(
+            record_id, "usage_type", f"unknown or unspecified value {r.usage_type}"
+        )
+    if r.quantity < 0:
+        return InvalidRecord(record_id, "quantity", "must be >= 0")
+    if not r.HasField("event_time"):
+        return InvalidRecord(record_id, "event_time", "is required")
+    ts = r.event_time
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS) or not 0 <= nanos < 1_000_000_000:
+        return InvalidRecord(record_id, "event_time", "out of range")
+    event_time = _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return m.UsageRecord(record_id, iccid, usage_type, r.quantity, event_time, session_id)
+
+
+def _invalid_ids(record_id: str, iccid: str, session_id: str) -> InvalidRecord:
     for field, value, required in (
         ("record_id", record_id, True),
-        ("iccid", r.iccid, True),
-        ("session_id", r.session_id, False),
+        ("iccid", iccid, True),
+        ("session_id", session_id, False),
     ):
         problem = _id_problem(value, required)
         if problem is not None:
-            return InvalidRecord(shown, field, problem)
-    usage_type = _USAGE_TYPES.get(r.usage_type)
-    if usage_type is None:
-        return InvalidRecord(shown, "usage_type", f"unknown or unspecified value {r.usage_type}")
-    if r.quantity < 0:
-        return InvalidRecord(shown, "quantity", "must be >= 0")
-    if not r.HasField("event_time"):
-        return InvalidRecord(shown, "event_time", "is required")
-    ts = r.event_time
-    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not 0 <= ts.nanos < 1_000_000_000:
-        return InvalidRecord(shown, "event_time", "out of range")
-    event_time = datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
-    return m.UsageRecord(record_id, r.iccid, usage_type, r.quantity, event_time, r.session_id)
+            return InvalidRecord(record_id[:_MAX_ID], field, problem)
+    raise AssertionError("unreachable: some id was invalid")
 
 
 def result_to_proto(result: RecordResult) -> pb.RecordResult:
     return pb.RecordResult(
         record_id=result.record_id,
-        status=result.status.value,  # type: ignore[arg-type]
+        status=result.status,  # type: ignore[arg-type]  # an IntEnum: no .value lookup
         detail=result.detail,
         rated_quantity=result.rated_quantity,
         charged=result.charged,

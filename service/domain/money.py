@@ -88,10 +88,18 @@ def price_through_tiers(quantity: int, unit_quantity: int, tiers: Sequence[Tier]
     the last bound is priced at the last tier's price rather than given away. No tiers
     price nothing.
     """
-    if quantity < 0:
-        raise ValueError(f"quantity must be >= 0, got {quantity}")
     if unit_quantity < 1:
         raise ValueError(f"unit_quantity must be >= 1, got {unit_quantity}")
+    return Fraction(scaled_tier_price(quantity, tiers), unit_quantity)
+
+
+def scaled_tier_price(quantity: int, tiers: Sequence[Tier]) -> int:
+    """`price_through_tiers` x unit_quantity: an exact integer (micros x unit_quantity).
+
+    The rating hot path divides it once itself, without building Fractions.
+    """
+    if quantity < 0:
+        raise ValueError(f"quantity must be >= 0, got {quantity}")
     total = 0  # micros x unit_quantity, kept integral until the single division
     lower = 0
     for tier in tiers:
@@ -103,7 +111,7 @@ def price_through_tiers(quantity: int, unit_quantity: int, tiers: Sequence[Tier]
             break
     if lower < quantity and tiers:
         total += (quantity - lower) * tiers[-1].price_micros
-    return Fraction(total, unit_quantity)
+    return total
 
 
 def format_micros(micros: int, currency: str) -> str:

@@ -8,7 +8,7 @@ chargeable quantity at once, so per-record estimates need not add up to it exact
 from __future__ import annotations
 
 from service.domain.model import UsageRate
-from service.domain.money import price_through_tiers, round_half_up
+from service.domain.money import scaled_tier_price
 
 
 def rated_quantity(quantity: int, rate: UsageRate | None) -> int:
@@ -35,11 +35,14 @@ def estimate_charge(rate: UsageRate | None, used_before: int, quantity: int, inc
     """
     if rate is None or quantity <= 0:
         return 0
+    after = used_before + quantity - included
+    if after <= 0:
+        return 0  # all inside the allowance
     before = max(0, used_before - included)
-    after = max(0, used_before + quantity - included)
-    price_after = price_through_tiers(after, rate.unit_quantity, rate.tiers)
-    price_before = price_through_tiers(before, rate.unit_quantity, rate.tiers)
-    return round_half_up(price_after - price_before)
+    scaled = scaled_tier_price(after, rate.tiers) - scaled_tier_price(before, rate.tiers)
+    # Half-up division of a non-negative integer: (2x + d) // 2d, no Fractions on the hot path.
+    unit = rate.unit_quantity
+    return (2 * scaled + unit) // (2 * unit)
 
 
 def marginal_price(rate: UsageRate | None, chargeable_so_far: int) -> int:
