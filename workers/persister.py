@@ -7,6 +7,12 @@ start the records moved. Only after the commit does it update the cache and answ
 callers, so an acknowledged record is always in PostgreSQL. If the commit fails, every
 caller of the group gets `StorageUnavailable` and nothing is counted: retrying is safe
 because record ids are idempotency keys.
+
+A commit can also fail after COMMIT was sent (the server stopped or the connection broke
+before its answer arrived): then the group may be stored after all. Its new records are
+kept "in doubt", and the next successful commit looks them up in its own transaction and
+counts those that are stored; otherwise a retry would answer them DUPLICATE while the
+counters never included them (until a restart rebuilt the cache).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class Persister:
         self._state_lock = state_lock
         self._queue: asyncio.Queue[Submission] = asyncio.Queue(max_queued_batches)
         self._max_records = max_records_per_commit
+        # New records of commits whose outcome is unknown, by record id (see module doc).
+        self._in_doubt: dict[str, Candidate] = {}
 
     async def submit(
         self, records: Sequence[UsageRecord | InvalidRecord], *, wait: bool
@@ -139,8 +147,12 @@ class Persister:
     async def _write(
         self, candidates: list[Candidate], closed: list[str]
     ) -> tuple[list[Candidate], set[str], dict[str, Sim]]:
+        new: list[Candidate] = []
+        committing = False
         try:
             async with repository.transaction(self._pool) as conn:
+                # Before the insert: a record stored by an in-doubt commit is not new now.
+                recovered = await self._recover_in_doubt(conn)
                 inserted = (
                     await repository.insert_usage(conn, candidates, self._clock.now())
                     if candidates
@@ -149,14 +161,29 @@ class Persister:
                 counted_closed = (
                     await repository.known_record_ids(conn, closed) if closed else set()
                 )
-                new = [c for c in candidates if c.record.record_id in inserted]
+                new = recovered + [c for c in candidates if c.record.record_id in inserted]
                 moved = self._engine.plan_starts(new)
                 if moved:
                     await repository.update_sims(conn, moved.values())
-        except asyncpg.PostgresError as exc:
+                committing = True  # leaving this block sends COMMIT
+        except (asyncpg.PostgresError, StorageUnavailable) as exc:
+            if committing:
+                self._in_doubt.update((c.record.record_id, c) for c in new)
+                log.warning("group commit outcome unknown; records kept in doubt", records=len(new))
+            if isinstance(exc, StorageUnavailable):
+                raise
             log.error("group commit failed", error=repr(exc))
             raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
+        self._in_doubt.clear()  # each one is now counted, or known not to be stored
         return new, counted_closed, moved
+
+    async def _recover_in_doubt(self, conn: asyncpg.Connection) -> list[Candidate]:
+        if not self._in_doubt:
+            return []
+        stored = await repository.known_record_ids(conn, list(self._in_doubt))
+        if stored:
+            log.warning("counting records of a commit whose answer was lost", records=len(stored))
+        return [c for record_id, c in self._in_doubt.items() if record_id in stored]
 
     def _fail(self, group: list[Submission], exc: StorageUnavailable) -> None:
         self._metrics.persist_failures.inc()
