@@ -4,6 +4,8 @@ a fresh database per test cloned from a migrated template, and real gRPC servers
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -29,7 +31,7 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """URL of a maintenance database on the server the tests use."""
     external = os.environ.get("RATING_TEST_DATABASE_URL")
     if external:
@@ -37,12 +39,16 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import pgserver
 
-    data_dir: Path = tmp_path_factory.mktemp("pg")
-    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    # Not under pytest's tmp_path: concurrent pytest runs reset its base to mode 0700, which
+    # locks out the unprivileged user pgserver runs PostgreSQL as when we are root.
+    base = Path(tempfile.mkdtemp(prefix="simrating-test-pg-"))
+    base.chmod(0o755)
+    server = pgserver.get_server(base / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
