@@ -43,3 +43,11 @@ class Overloaded(RatingError):
 
 class StorageUnavailable(RatingError):
     """PostgreSQL is unreachable; nothing was acknowledged, retrying is safe."""
+
+
+class Unauthenticated(RatingError):
+    """No API key, or one we do not know."""
+
+
+class PermissionDenied(RatingError):
+    """A known caller whose roles do not allow this RPC."""

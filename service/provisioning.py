@@ -20,6 +20,7 @@ from service.cache import StateCache
 from service.clock import Clock
 from service.domain.iccid import iccid_problem
 from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
+from service.domain.periods import next_period, period_containing
 from service.errors import FailedPrecondition, InvalidArgument
 
 MAX_ICCIDS_PER_CALL = 10_000
@@ -83,6 +84,7 @@ class Provisioning:
                 if results[-1].status is ProvisionStatus.CREATED:
                     new[iccid] = self._new_sim(iccid, account_id, plan.activation_mode, plan_id, at)
             if new:
+                self._refuse_settled_history(account_id, at, "provisioned_at")
                 async with repository.transaction(self._pool) as conn:
                     await repository.insert_sims(conn, list(new.values()))
                 self._publish(list(new.values()))
@@ -145,9 +147,25 @@ class Provisioning:
                 return sim  # a retried termination changes nothing
             if at < sim.provisioned_at:
                 raise InvalidArgument("effective_at", "must not be before provisioned_at")
+            self._refuse_settled_history(sim.account_id, at, "effective_at")
             return dataclasses.replace(sim, state=SimState.TERMINATED, terminated_at=at)
 
         return await self._transition(iccid, change)
+
+    def _refuse_settled_history(self, account_id: str, at: datetime, field: str) -> None:
+        """A SIM provisioned or terminated at `at` changes the billed days of every period
+        from the one containing `at` on; refuse if one of them is settled: settled invoices
+        never change, and the SIM's history must keep agreeing with them."""
+        account = self._cache.account(account_id)
+        period = period_containing(at, account.timezone, account.billing_day)
+        now = self._clock.now()
+        while period.start <= now:
+            if (account_id, period.name) in self._cache.settled:
+                raise FailedPrecondition(
+                    f"{field} {at.isoformat()} reaches settled period {period.name}; "
+                    "settled invoices never change"
+                )
+            period = next_period(period, account.timezone, account.billing_day)
 
     async def _transition(self, iccid: str, change: Callable[[Sim], Sim]) -> Sim:
         if not iccid:

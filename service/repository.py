@@ -1,8 +1,8 @@
 """All SQL of the service. Database failures become domain errors here.
 
 Connection-level failures (SQLSTATE classes 08 and 57P, refused sockets, closed
-connections, timeouts) become `StorageUnavailable`; a unique violation becomes the
-domain error the caller names.
+connections, timeouts, a connection left broken) become `StorageUnavailable`; a unique
+violation becomes the domain error the caller names.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 import asyncpg
 
-from service import codec
+from service import codec, invoice_codec
 from service.domain.model import (
     Account,
     BillingStartReason,
+    Invoice,
     Plan,
     Sim,
     SimState,
@@ -35,6 +36,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,  # 57P02
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,  # the client's "connection is closed"
+    # The client's protocol state after the server vanished mid-operation: seen when the
+    # pool resets a connection whose COMMIT was cut by a server shutdown.
+    asyncpg.InternalClientError,
 )
 
 
@@ -187,28 +191,48 @@ async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
 # --- usage -----------------------------------------------------------------------------------
 
 
+_USAGE_COLUMNS = (
+    "record_id",
+    "iccid",
+    "usage_type",
+    "quantity",
+    "rated_quantity",
+    "event_time",
+    "session_id",
+    "period",
+    "received_at",
+)
+
+
 async def insert_usage(
     conn: asyncpg.Connection, candidates: Sequence[Candidate], received_at: datetime
 ) -> set[str]:
-    """Insert the records whose id is new; return those ids (the others were seen before)."""
-    rows = await conn.fetch(
-        """INSERT INTO usage_records (record_id, iccid, usage_type, quantity, rated_quantity,
-                                      event_time, session_id, period, received_at)
-           SELECT r.*, $9::timestamptz
-           FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[], $5::int8[],
-                       $6::timestamptz[], $7::text[], $8::text[]) AS r
-           ON CONFLICT (record_id) DO NOTHING
-           RETURNING record_id""",
-        [c.record.record_id for c in candidates],
-        [c.record.iccid for c in candidates],
-        [c.record.usage_type.value for c in candidates],
-        [c.record.quantity for c in candidates],
-        [c.rated_quantity for c in candidates],
-        [c.record.event_time for c in candidates],
-        [c.record.session_id for c in candidates],
-        [c.period for c in candidates],
-        received_at,
-    )
+    """Insert the records whose id is new; return those ids (the others were seen before).
+
+    `candidates` have distinct ids. The ids already stored are looked up first, the rest go
+    in with one COPY: cheaper than INSERT ... ON CONFLICT for the large groups the persister
+    commits. The persister is the only writer of usage_records, so nothing can slip in
+    between; if something did, the COPY's unique violation fails the whole transaction.
+    """
+    ids = [c.record.record_id for c in candidates]
+    seen = await known_record_ids(conn, ids)
+    rows = [
+        (
+            c.record.record_id,
+            c.record.iccid,
+            c.record.usage_type,
+            c.record.quantity,
+            c.rated_quantity,
+            c.record.event_time,
+            c.record.session_id,
+            c.period,
+            received_at,
+        )
+        for c in candidates
+        if not seen or c.record.record_id not in seen
+    ]
+    if rows:
+        await conn.copy_records_to_table("usage_records", records=rows, columns=_USAGE_COLUMNS)
     return {row[0] for row in rows}
 
 
@@ -235,3 +259,47 @@ async def usage_rows(
 async def settled_periods(conn: asyncpg.Connection) -> list[tuple[str, str]]:
     rows = await conn.fetch("SELECT account_id, period FROM invoices")
     return [(row["account_id"], row["period"]) for row in rows]
+
+
+# --- invoices --------------------------------------------------------------------------------
+
+
+async def insert_invoice(conn: asyncpg.Connection, invoice: Invoice) -> tuple[Invoice, bool]:
+    """Store a settled invoice unless the period has one; (the stored invoice, inserted).
+
+    ON CONFLICT DO NOTHING and then reading back: whoever settles concurrently, every
+    caller gets the one invoice that was committed first, exactly as read later.
+    """
+    assert invoice.settled_at is not None, "only settled invoices are stored"
+    inserted = await conn.fetchval(
+        """INSERT INTO invoices (account_id, period, period_start, period_end, currency,
+                                 total_micros, body, settled_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (account_id, period) DO NOTHING
+           RETURNING true""",
+        invoice.account_id,
+        invoice.period.name,
+        invoice.period.start,
+        invoice.period.end,
+        invoice.currency,
+        invoice.total_micros,
+        invoice_codec.invoice_to_json(invoice),
+        invoice.settled_at,
+    )
+    stored = await fetch_invoice(conn, invoice.account_id, invoice.period.name)
+    assert stored is not None
+    return stored, bool(inserted)
+
+
+async def fetch_invoice(conn: asyncpg.Connection, account_id: str, period: str) -> Invoice | None:
+    body = await conn.fetchval(
+        "SELECT body FROM invoices WHERE account_id = $1 AND period = $2", account_id, period
+    )
+    return None if body is None else invoice_codec.invoice_from_json(body)
+
+
+async def list_invoices(conn: asyncpg.Connection, account_id: str) -> list[Invoice]:
+    rows = await conn.fetch(
+        "SELECT body FROM invoices WHERE account_id = $1 ORDER BY period", account_id
+    )
+    return [invoice_codec.invoice_from_json(row["body"]) for row in rows]

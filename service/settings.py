@@ -21,6 +21,12 @@ _SETTINGS: tuple[tuple[str, str | None, str], ...] = (
     ("RATING_CLOCK", "system", "'system', 'test' or 'test:2026-01-01T00:00:00Z'"),
     ("RATING_LATE_USAGE_WINDOW_S", "86400", "seconds after period end before auto-settlement"),
     ("RATING_LOG_FORMAT", "json", "'json' or 'console'"),
+    ("RATING_TLS_CERT_FILE", None, "PEM certificate chain: serve TLS (with the key file)"),
+    ("RATING_TLS_KEY_FILE", None, "PEM private key of the TLS certificate"),
+    ("RATING_TLS_CLIENT_CA_FILE", None, "PEM CA bundle: require client certificates (mTLS)"),
+    ("RATING_API_KEYS_FILE", None, "JSON file of API key hashes and roles (unset: open)"),
+    ("RATING_MAX_MESSAGE_BYTES", "8388608", "largest request message accepted"),
+    ("RATING_MAX_STREAMS", "1000", "concurrent StreamUsage streams accepted"),
 )
 
 
@@ -34,6 +40,12 @@ class Settings:
     clock_start: datetime | None = None
     late_usage_window: timedelta = timedelta(seconds=86400)
     log_format: str = "json"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    api_keys_file: Path | None = None
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_streams: int = 1000
     # Tuning, not in the environment: bounds that give backpressure.
     persist_queue_batches: int = 64
     persist_max_records_per_commit: int = 20_000
@@ -52,12 +64,13 @@ class Settings:
         log_format = raw["RATING_LOG_FORMAT"]
         if log_format not in ("json", "console"):
             raise InvalidArgument("RATING_LOG_FORMAT", "must be 'json' or 'console'")
-        try:
-            window = int(raw["RATING_LATE_USAGE_WINDOW_S"])
-        except ValueError as exc:
-            raise InvalidArgument("RATING_LATE_USAGE_WINDOW_S", "must be an integer") from exc
-        if window < 0:
-            raise InvalidArgument("RATING_LATE_USAGE_WINDOW_S", "must be >= 0")
+        window = _non_negative_int(raw, "RATING_LATE_USAGE_WINDOW_S")
+        cert, key = _path(raw, "RATING_TLS_CERT_FILE"), _path(raw, "RATING_TLS_KEY_FILE")
+        client_ca = _path(raw, "RATING_TLS_CLIENT_CA_FILE")
+        if (cert is None) != (key is None):
+            raise InvalidArgument("RATING_TLS_KEY_FILE", "TLS needs both the certificate and key")
+        if client_ca is not None and cert is None:
+            raise InvalidArgument("RATING_TLS_CLIENT_CA_FILE", "mutual TLS needs TLS (cert, key)")
         return cls(
             grpc_addr=raw["RATING_GRPC_ADDR"],
             metrics_addr=raw["RATING_METRICS_ADDR"] or None,
@@ -67,7 +80,32 @@ class Settings:
             clock_start=clock_start,
             late_usage_window=timedelta(seconds=window),
             log_format=log_format,
+            tls_cert_file=cert,
+            tls_key_file=key,
+            tls_client_ca_file=client_ca,
+            api_keys_file=_path(raw, "RATING_API_KEYS_FILE"),
+            max_message_bytes=_non_negative_int(raw, "RATING_MAX_MESSAGE_BYTES") or 1,
+            max_streams=_non_negative_int(raw, "RATING_MAX_STREAMS"),
         )
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+def _non_negative_int(raw: Mapping[str, str], name: str) -> int:
+    try:
+        value = int(raw[name])
+    except ValueError as exc:
+        raise InvalidArgument(name, "must be an integer") from exc
+    if value < 0:
+        raise InvalidArgument(name, "must be >= 0")
+    return value
+
+
+def _path(raw: Mapping[str, str | None], name: str) -> Path | None:
+    value = raw.get(name)
+    return Path(value) if value else None
 
 
 def parse_clock(value: str) -> tuple[bool, datetime | None]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+
 from rating.v1 import (
     billing_service_pb2_grpc,
     catalog_service_pb2_grpc,
@@ -23,7 +24,6 @@ from rating.v1 import (
     rating_service_pb2_grpc,
 )
 from rating.v1 import types_pb2 as t
-
 from service.domain.iccid import make_iccid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,8 +100,9 @@ class ServerProcess:
         self.port = 0
         self.log_lines: list[str] = []
 
-    async def start(self, timeout: float = 60) -> int:
-        self.proc = subprocess.Popen(
+    async def start(self, within: float = 60) -> int:
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen,
             [sys.executable, "-m", "service"],
             cwd=REPO,
             env=self.env,
@@ -109,7 +110,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             text=True,
         )
-        self.port = await asyncio.wait_for(asyncio.to_thread(self._await_serving), timeout)
+        self.port = await asyncio.wait_for(asyncio.to_thread(self._await_serving), within)
         # Keep draining stderr, or the child blocks on a full pipe once it logs enough.
         self._drain = threading.Thread(target=lambda: [None for _ in self._lines()], daemon=True)
         self._drain.start()
@@ -129,11 +130,11 @@ class ServerProcess:
             self.log_lines.append(line)
             yield line
 
-    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, within: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        code = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
-        await asyncio.to_thread(self._drain.join, timeout)
+        code = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), within)
+        await asyncio.to_thread(self._drain.join, within)
         assert self.proc.stderr is not None
         self.proc.stderr.close()
         return code

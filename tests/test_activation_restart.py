@@ -93,7 +93,8 @@ async def test_hundred_thousand_deadlines_over_a_month_activate_once_each(
     conn = await asyncpg.connect(database_url)
     try:
         exact = await conn.fetchval(
-            "SELECT count(*) FROM sims WHERE billing_started_at = provisioned_at + interval '30 days'"
+            "SELECT count(*) FROM sims"
+            " WHERE billing_started_at = provisioned_at + interval '30 days'"
             " AND billing_start_reason = 3 AND state = 2"
         )
     finally:

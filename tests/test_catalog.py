@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import types_pb2 as t
-
 from tests.support import Stubs, data_plan, first_use_plan, iccids
 
 

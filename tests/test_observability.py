@@ -7,9 +7,9 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import catalog_service_pb2 as c
-
 from service.app import Application
 from tests.conftest import AppFactory
 from tests.support import Stubs, data_plan

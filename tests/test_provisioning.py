@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import grpc
 import pytest
+
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
-
 from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
 from tests.test_catalog import expect_error
 

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import grpc
 import pytest
+
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
-
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs, iccids
 from tests.usage_support import account_with_sims, period_usage, rate, record

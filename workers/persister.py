@@ -96,7 +96,8 @@ class Persister:
         while True:
             group = [await self._queue.get()]
             self._take_queued(group)
-            await self.commit(group)
+            if group:
+                await self.commit(group)
 
     async def run_once(self) -> int:
         """Commit what is queued now (tests); returns the number of batches committed."""
@@ -112,6 +113,9 @@ class Persister:
             submission = self._queue.get_nowait()
             group.append(submission)
             records += len(submission.records)
+        # A caller that gave up (deadline, cancellation) before its batch was taken: drop the
+        # batch, nothing of it was stored. One taken already is committed; a retry is DUPLICATE.
+        group[:] = [s for s in group if not s.future.cancelled()]
         self._metrics.persist_queue_depth.set(self._queue.qsize())
 
     async def commit(self, group: list[Submission]) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from rating.v1 import catalog_service_pb2 as pb
 from rating.v1 import catalog_service_pb2_grpc as pb_grpc
-
 from service.api import convert
 from service.cache import StateCache
 from service.catalog import Catalog

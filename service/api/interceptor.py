@@ -1,4 +1,5 @@
-"""One server interceptor for every RPC: metrics, the canonical log line, error mapping.
+"""One server interceptor for every RPC: caller authentication, metrics, the canonical log
+line, error mapping.
 
 Domain errors become status codes from the single table below; anything unexpected is
 logged with its traceback and answered INTERNAL, so no caller ever sees UNKNOWN.
@@ -15,6 +16,7 @@ import grpc
 import structlog
 
 from service import errors
+from service.auth import Authenticator
 from service.metrics import Metrics
 
 log = structlog.get_logger("rpc")
@@ -26,6 +28,8 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.RatingError], grpc.StatusCode], ...] =
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 
@@ -45,7 +49,14 @@ class _Call:
         self.labels = (grpc_type, self.service, self.method)
         self.metrics = metrics
         self.started = time.perf_counter()
+        self.caller = "-"
         metrics.grpc_started.labels(*self.labels).inc()
+
+    def authenticate(self, auth: Authenticator, context: grpc.aio.ServicerContext) -> None:
+        """Refuse the call (Unauthenticated / PermissionDenied) or note who makes it."""
+        caller = auth.authenticate(self.service, self.method, context.invocation_metadata())
+        self.caller = caller.name
+        self.metrics.grpc_caller_calls.labels(caller.name).inc()
 
     def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
         elapsed = time.perf_counter() - self.started
@@ -55,6 +66,7 @@ class _Call:
             "rpc",
             service=self.service,
             method=self.method,
+            caller=self.caller,
             code=code.name,
             duration_ms=round(elapsed * 1000, 3),
             **fields,
@@ -82,8 +94,11 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, metrics: Metrics) -> None:
+    """Authentication, metrics, the log line and error mapping for every RPC."""
+
+    def __init__(self, metrics: Metrics, auth: Authenticator | None = None) -> None:
         self._metrics = metrics
+        self._auth = auth or Authenticator(None)
 
     async def intercept_service(
         self,
@@ -115,11 +130,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return handler
 
     def _wrap_unary(self, behavior: Any, method: str) -> Any:
-        metrics = self._metrics
+        metrics, auth = self._metrics, self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(metrics, method, "unary")
             try:
+                call.authenticate(auth, context)
                 response = await behavior(request, context)
             except asyncio.CancelledError:
                 call.finish(grpc.StatusCode.CANCELLED)
@@ -135,12 +151,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, grpc_type: str) -> Any:
-        metrics = self._metrics
+        metrics, auth = self._metrics, self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(metrics, method, grpc_type)
             messages = 0
             try:
+                call.authenticate(auth, context)
                 async for response in behavior(request, context):
                     messages += 1
                     yield response

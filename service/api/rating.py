@@ -6,17 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+
 from rating.v1 import rating_service_pb2 as pb
 from rating.v1 import rating_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2
-
 from service.api import convert
 from service.api.status import sim_status_to_proto
 from service.authorize import authorize
 from service.cache import StateCache
 from service.clock import Clock
 from service.domain.model import UsageType
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, Overloaded
 from service.status import sim_view
 from service.usage import PeriodLookup, RecordResult
 from workers.persister import Persister
@@ -38,11 +38,15 @@ def _results(results: list[RecordResult]) -> list[types_pb2.RecordResult]:
 
 
 class RatingServicer(pb_grpc.RatingServiceServicer):
-    def __init__(self, cache: StateCache, clock: Clock, persister: Persister) -> None:
+    def __init__(
+        self, cache: StateCache, clock: Clock, persister: Persister, max_streams: int = 1000
+    ) -> None:
         self._cache = cache
         self._clock = clock
         self._persister = persister
         self._periods = PeriodLookup()
+        self._max_streams = max_streams
+        self._streams = 0
 
     async def GetSimStatus(
         self, request: pb.GetSimStatusRequest, context: grpc.aio.ServicerContext
@@ -87,6 +91,18 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self,
         request_iterator: AsyncIterator[pb.StreamUsageRequest],
         context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.StreamUsageResponse]:
+        if self._streams >= self._max_streams:
+            raise Overloaded(f"at most {self._max_streams} concurrent StreamUsage streams")
+        self._streams += 1
+        try:
+            async for ack in self._acknowledge(request_iterator):
+                yield ack
+        finally:
+            self._streams -= 1
+
+    async def _acknowledge(
+        self, request_iterator: AsyncIterator[pb.StreamUsageRequest]
     ) -> AsyncIterator[pb.StreamUsageResponse]:
         # A reader submits batches as they arrive (up to STREAM_WINDOW ahead); acknowledgements
         # go out in arrival order, each once its batch is committed.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rating.v1 import types_pb2 as pb
-
 from service.api.convert import time_to_proto, usage_quantities
 from service.status import SimView
 

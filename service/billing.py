@@ -1,0 +1,181 @@
+"""Billing use cases: bill previews, settling a period into an invoice, reading invoices.
+
+Settling computes the invoice from the cache (pure `compute_invoice`) and commits it in ONE
+transaction, all under the shared state lock: no usage record, billing start or
+termination of that period can be committed between computing the invoice and closing
+the period, and a crash leaves either the whole invoice or none. Once `cache.settled`
+holds the period, the persister answers its new records PERIOD_CLOSED.
+
+A preview of an open period is computed from what is known now (`final = false`); a
+preview of a settled period is the stored invoice (`final = true`): the bill of a closed
+period can no longer change, so there is nothing else to preview.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from service import repository
+from service.cache import StateCache
+from service.clock import Clock
+from service.domain.model import Account, Invoice, Period
+from service.domain.periods import period_containing, period_named
+from service.domain.settlement import compute_invoice
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, StorageUnavailable
+from service.metrics import Metrics
+
+log = structlog.get_logger("billing")
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    invoice: Invoice
+    created: bool  # False: the period was settled before (idempotent repeat)
+
+
+class Billing:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cache: StateCache,
+        clock: Clock,
+        metrics: Metrics,
+        state_lock: asyncio.Lock,
+    ) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._clock = clock
+        self._metrics = metrics
+        self._state_lock = state_lock
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def preview(self, account_id: str, period_name: str = "") -> Invoice:
+        """The bill of a period as known now; the stored invoice if it is settled."""
+        account = self._account(account_id)
+        if period_name:
+            period = period_named(period_name, account.timezone, account.billing_day)
+        else:
+            period = period_containing(self._clock.now(), account.timezone, account.billing_day)
+        if (account_id, period.name) in self._cache.settled:
+            return await self._stored(account_id, period.name)
+        return self._compute(account, period, final=False)
+
+    async def get(self, account_id: str, period_name: str) -> Invoice:
+        account = self._account(account_id)
+        period = self._period(account, period_name)
+        return await self._stored(account_id, period.name)
+
+    async def list(self, account_id: str) -> list[Invoice]:
+        """Settled invoices of the account, oldest period first."""
+        self._account(account_id)
+        async with repository.storage_errors(), self._pool.acquire() as conn:
+            return await repository.list_invoices(conn, account_id)
+
+    # --- settlement ------------------------------------------------------------------------------
+
+    async def settle(self, account_id: str, period_name: str) -> Settlement:
+        """Settle a period that has ended; idempotent (the stored invoice every time)."""
+        account = self._account(account_id)
+        return await self.settle_period(account, self._period(account, period_name))
+
+    async def settle_period(self, account: Account, period: Period) -> Settlement:
+        key = (account.account_id, period.name)
+        if key in self._cache.settled:
+            return await self._repeat(account.account_id, period.name)
+        started = time.perf_counter()
+        async with self._state_lock:
+            if key in self._cache.settled:  # settled while we waited for the lock
+                return await self._repeat(account.account_id, period.name)
+            now = self._clock.now()
+            if now < period.end:
+                raise FailedPrecondition(
+                    f"period {period.name} of account {account.account_id!r} ends at "
+                    f"{period.end.isoformat()}; it can be settled only after it has ended"
+                )
+            # The account may have changed (commitment schedule) since the caller read it.
+            account = self._cache.accounts[account.account_id]
+            try:
+                stored, created = await self._commit(account, period, now)
+            except Exception:
+                self._metrics.settlements.labels("failed").inc()
+                log.exception(
+                    "settlement failed", account_id=account.account_id, period=period.name
+                )
+                raise
+            self._cache.settled.add(key)
+        if not created:  # another instance committed first: its invoice is the invoice
+            self._metrics.settlements.labels("already_settled").inc()
+            return Settlement(stored, created=False)
+        elapsed = time.perf_counter() - started
+        self._metrics.settlements.labels("settled").inc()
+        self._metrics.settlement_seconds.observe(elapsed)
+        for line in stored.lines:
+            if line.amount_micros > 0:
+                self._metrics.invoice_amount.labels(stored.currency, line.kind.name).inc(
+                    line.amount_micros
+                )
+        log.info(
+            "period settled",
+            account_id=stored.account_id,
+            period=stored.period.name,
+            currency=stored.currency,
+            total_micros=stored.total_micros,
+            lines=len(stored.lines),
+            sims=len(stored.sims),
+            seconds=round(elapsed, 3),
+        )
+        return Settlement(stored, created=True)
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _account(self, account_id: str) -> Account:
+        if not account_id:
+            raise InvalidArgument("account_id", "is required")
+        return self._cache.account(account_id)
+
+    @staticmethod
+    def _period(account: Account, period_name: str) -> Period:
+        if not period_name:
+            raise InvalidArgument("period", "is required (YYYY-MM)")
+        return period_named(period_name, account.timezone, account.billing_day)
+
+    def _compute(
+        self, account: Account, period: Period, *, final: bool, settled_at: datetime | None = None
+    ) -> Invoice:
+        return compute_invoice(
+            account,
+            self._cache.plans,
+            period,
+            self._cache.period_facts(account.account_id, period.name),
+            final=final,
+            settled_at=settled_at,
+        )
+
+    async def _commit(
+        self, account: Account, period: Period, now: datetime
+    ) -> tuple[Invoice, bool]:
+        computed = self._compute(account, period, final=True, settled_at=now)
+        try:
+            async with repository.transaction(self._pool) as conn:
+                return await repository.insert_invoice(conn, computed)
+        except asyncpg.PostgresError as exc:
+            raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
+
+    async def _stored(self, account_id: str, period_name: str) -> Invoice:
+        async with repository.storage_errors(), self._pool.acquire() as conn:
+            invoice = await repository.fetch_invoice(conn, account_id, period_name)
+        if invoice is None:
+            raise NotFound(f"no invoice for account {account_id!r} period {period_name}")
+        return invoice
+
+    async def _repeat(self, account_id: str, period_name: str) -> Settlement:
+        invoice = await self._stored(account_id, period_name)
+        self._metrics.settlements.labels("already_settled").inc()
+        return Settlement(invoice, created=False)
