@@ -34,7 +34,10 @@ def main() -> None:
         sys.exit(f"simrating: bad setting {exc}")
     configure_logging(settings.log_format)
     structlog.get_logger("main").info("starting", grpc_addr=settings.grpc_addr)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except InvalidArgument as exc:  # a bad keys file, certificate path, ...
+        sys.exit(f"simrating: bad setting {exc}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from service.api.clock import ClockServicer
 from service.api.interceptor import ObservabilityInterceptor
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
+from service.auth import Authenticator
 from service.billing import Billing
 from service.cache import StateCache
 from service.catalog import Catalog
@@ -74,6 +75,7 @@ class Application:
             TestClock(settings.clock_start) if settings.test_clock else SystemClock()
         )
         self.cache = StateCache()
+        self.auth = Authenticator.from_file(settings.api_keys_file)
         self.health = health_aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
@@ -127,6 +129,14 @@ class Application:
         else:
             self.spawn("activation", self.activation.run())
         self.billing = Billing(self.pool, self.cache, self.clock, self.metrics, state_lock)
+        # Settlement after activation: on a test clock every advance runs activations first.
+        self.settlement = SettlementWorker(
+            self.billing, self.cache, self.clock, self.settings.late_usage_window
+        )
+        if isinstance(self.clock, TestClock):
+            self.clock.subscribe(self.settlement.run_once)
+        else:
+            self.spawn("settlement", self.settlement.run())
         await self._start_grpc(catalog, provisioning)
         self._start_metrics_http()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -139,14 +149,6 @@ class Application:
             sims=len(self.cache.sims),
             clock="test" if self.settings.test_clock else "system",
         )
-        # Settlement last: on a test clock every advance runs activations before it settles.
-        self.settlement = SettlementWorker(
-            self.billing, self.cache, self.clock, self.settings.late_usage_window
-        )
-        if isinstance(self.clock, TestClock):
-            self.clock.subscribe(self.settlement.run_once)
-        else:
-            self.spawn("settlement", self.settlement.run())
 
     async def _load_cache(self) -> None:
         async with self.pool.acquire() as conn:
@@ -201,7 +203,18 @@ class Application:
         self.metrics.activation_pending.set(self._waiting)
 
     async def _start_grpc(self, catalog: Catalog, provisioning: Provisioning) -> None:
-        server = grpc.aio.server(interceptors=[ObservabilityInterceptor(self.metrics)])
+        if self.auth.open:
+            log.warning(
+                "no RATING_API_KEYS_FILE: every caller may call every RPC (development only)"
+            )
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ObservabilityInterceptor(self.metrics, self.auth)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 4 * limit),
+            ],
+        )
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(catalog, self.cache), server
         )
@@ -209,7 +222,8 @@ class Application:
             ProvisioningServicer(provisioning, self.cache, self.clock), server
         )
         rating_service_pb2_grpc.add_RatingServiceServicer_to_server(
-            RatingServicer(self.cache, self.clock, self.persister), server
+            RatingServicer(self.cache, self.clock, self.persister, self.settings.max_streams),
+            server,
         )
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
             BillingServicer(self.billing), server
@@ -224,9 +238,30 @@ class Application:
             ],
             server,
         )
-        self.port = server.add_insecure_port(self.settings.grpc_addr)
+        self.port = self._listen(server)
         await server.start()
         self._server = server
+
+    def _listen(self, server: grpc.aio.Server) -> int:
+        settings = self.settings
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            host = settings.grpc_addr.rpartition(":")[0].strip("[]")
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "listening without TLS on a non-loopback address",
+                    grpc_addr=settings.grpc_addr,
+                )
+            port: int = server.add_insecure_port(settings.grpc_addr)
+            return port
+        client_ca = settings.tls_client_ca_file
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca else None,
+            require_client_auth=client_ca is not None,
+        )
+        port = server.add_secure_port(settings.grpc_addr, credentials)
+        log.info("TLS enabled", mutual=client_ca is not None)
+        return port
 
     def _start_metrics_http(self) -> None:
         if self.settings.metrics_addr is None:
