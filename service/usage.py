@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 import structlog
 
-from service.cache import StateCache, UnchargedRecord, UsageCounters
+from service.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
 from service.clock import Clock
-from service.domain.activation import decide_billing_start, first_use_time, is_charged
+from service.domain.activation import decide_billing_start, first_use_time
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -245,38 +245,44 @@ class UsageEngine:
     def _count(
         self, candidate: Candidate, started: Sim | None, *, estimate: bool = True
     ) -> RecordResult:
-        # The ingestion hot path: one call per record, so lookups are done once each.
-        record = candidate.record
-        usage_type = record.usage_type
-        quantity = record.quantity
-        rated = candidate.rated_quantity
-        sim = self._cache.sims[record.iccid]
-        plan = self._cache.plans[sim.plan_id]
-        usage = self._cache.usage_for_update(record.iccid)
+        # The ingestion hot path: one call per record, so every lookup is done once, inline.
+        record, _, period, rated = candidate
+        usage_type, quantity, event_time = record.usage_type, record.quantity, record.event_time
+        cache = self._cache
+        sim = cache.sims[record.iccid]
+        plan = cache.plans[sim.plan_id]
+        usage = cache.usage.get(record.iccid)
+        if usage is None:
+            usage = cache.usage[record.iccid] = SimUsage()
         lifetime = usage.lifetime_raw
         lifetime[usage_type] = lifetime.get(usage_type, 0) + quantity
-        counters = usage.counters(candidate.period, usage_type)
+        by_type = usage.periods.get(period)
+        if by_type is None:
+            by_type = usage.periods[period] = {}
+        counters = by_type.get(usage_type)
+        if counters is None:
+            counters = by_type[usage_type] = UsageCounters()
         counters.raw_quantity += quantity
         counters.records += 1
-        charged = is_charged(record.event_time, sim.billing_started_at)
+        start = sim.billing_started_at
+        charged = start is not None and event_time >= start
         charge = 0
         if charged:
             rate = plan.rate_for(usage_type)
             if rate is not None and estimate:
                 if rate.pooled:
-                    used, included = allowance_position(self._cache, sim, rate, candidate.period)
+                    used, included = allowance_position(cache, sim, rate, period)
                 else:
                     used, included = counters.charged_rated_quantity, rate.included_quantity
-                charge = estimate_charge(rate, used, rated, included)
-            self._charge(sim, counters, candidate.period, rate, quantity, rated)
+                if used + rated > included:  # else all inside the allowance: no charge
+                    charge = estimate_charge(rate, used, rated, included)
+            self._charge(sim, counters, period, rate, quantity, rated)
         elif plan.activation_mode is ActivationMode.FIRST_USE:
-            usage.uncharged.append(
-                UnchargedRecord(record.event_time, usage_type, quantity, rated, candidate.period)
-            )
+            usage.uncharged.append(UnchargedRecord(event_time, usage_type, quantity, rated, period))
         started_billing = (
             started is not None
             and started.billing_start_reason is BillingStartReason.FIRST_USE
-            and record.event_time == started.billing_started_at
+            and event_time == started.billing_started_at
         )
         return RecordResult(record.record_id, RATED, "", rated, charged, charge, started_billing)
 

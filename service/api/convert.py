@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rating.v1 import types_pb2 as pb
@@ -226,13 +227,22 @@ def _invalid_ids(record_id: str, iccid: str, session_id: str) -> InvalidRecord:
     raise AssertionError("unreachable: some id was invalid")
 
 
-def result_to_proto(result: RecordResult) -> pb.RecordResult:
-    return pb.RecordResult(
-        record_id=result.record_id,
-        status=result.status,  # type: ignore[arg-type]  # an IntEnum: no .value lookup
-        detail=result.detail,
-        rated_quantity=result.rated_quantity,
-        charged=result.charged,
-        estimated_charge_micros=result.estimated_charge_micros,
-        started_billing=result.started_billing,
-    )
+def add_results(
+    target: RepeatedCompositeFieldContainer[pb.RecordResult], results: Iterable[RecordResult]
+) -> None:
+    """Append results to a response's repeated field, built in place (the hot path)."""
+    add = target.add
+    for record_id, status, detail, rated, charged, charge, started in results:
+        if detail:
+            add(record_id=record_id, status=status, detail=detail)  # type: ignore[arg-type]
+        elif charge or started:
+            add(
+                record_id=record_id,
+                status=status,  # type: ignore[arg-type]
+                rated_quantity=rated,
+                charged=charged,
+                estimated_charge_micros=charge,
+                started_billing=started,
+            )
+        else:
+            add(record_id=record_id, status=status, rated_quantity=rated, charged=charged)  # type: ignore[arg-type]

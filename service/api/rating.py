@@ -9,7 +9,6 @@ import grpc
 
 from rating.v1 import rating_service_pb2 as pb
 from rating.v1 import rating_service_pb2_grpc as pb_grpc
-from rating.v1 import types_pb2
 from service.api import convert
 from service.api.status import sim_status_to_proto
 from service.authorize import authorize
@@ -31,10 +30,6 @@ def _checked_records(records: object) -> list[object]:
     if len(converted) > MAX_RECORDS_PER_BATCH:
         raise InvalidArgument("records", f"at most {MAX_RECORDS_PER_BATCH} per batch")
     return converted  # type: ignore[return-value]
-
-
-def _results(results: list[RecordResult]) -> list[types_pb2.RecordResult]:
-    return [convert.result_to_proto(r) for r in results]
 
 
 class RatingServicer(pb_grpc.RatingServiceServicer):
@@ -85,7 +80,9 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
     ) -> pb.RateUsageResponse:
         records = _checked_records(request.records)
         results = await self._persister.submit(records, wait=False)  # type: ignore[arg-type]
-        return pb.RateUsageResponse(results=_results(results))
+        response = pb.RateUsageResponse()
+        convert.add_results(response.results, results)
+        return response
 
     async def StreamUsage(
         self,
@@ -132,7 +129,9 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
                 if item is None:
                     break
                 batch_id, submitted = item
-                yield pb.StreamUsageResponse(batch_id=batch_id, results=_results(await submitted))
+                ack = pb.StreamUsageResponse(batch_id=batch_id)
+                convert.add_results(ack.results, await submitted)
+                yield ack
         finally:
             reader.cancel()
             while not in_flight.empty():
