@@ -11,6 +11,7 @@ import pytest
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
+from service.app import Application
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs, iccids
 from tests.usage_support import account_with_sims, period_usage, rate, record
@@ -85,7 +86,10 @@ async def test_every_rejection_status(stubs: Stubs) -> None:
     assert await period_usage(stubs, sims[0]) == {t.USAGE_TYPE_DATA: 1_000}
 
 
-async def test_duplicates_in_a_batch_and_across_batches(stubs: Stubs) -> None:
+async def test_duplicates_in_a_batch_and_across_batches(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
     sim = (await account_with_sims(stubs, 1))[0]
     first = await rate(stubs, record("a", sim, 100), record("a", sim, 100), record("b", sim, 5))
     assert [x.status for x in first] == [
@@ -100,6 +104,12 @@ async def test_duplicates_in_a_batch_and_across_batches(stubs: Stubs) -> None:
         S.RECORD_STATUS_DUPLICATE,
     ]
     assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 112}
+    metric = app.metrics.registry.get_sample_value
+    assert metric("rating_usage_records_total", {"status": "RATED"}) == 3
+    assert metric("rating_usage_records_total", {"status": "DUPLICATE"}) == 3
+    assert metric("rating_usage_quantity_total", {"usage_type": "DATA"}) == 112
+    assert metric("rating_persist_batch_records_count") == 2
+    assert metric("rating_persist_queue_depth") == 0
 
 
 async def test_malformed_record_in_the_middle_of_a_good_batch(stubs: Stubs) -> None:

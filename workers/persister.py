@@ -27,7 +27,7 @@ import structlog
 
 from service import repository
 from service.clock import Clock
-from service.domain.model import Sim, UsageRecord
+from service.domain.model import Sim, UsageRecord, UsageType
 from service.errors import Overloaded, StorageUnavailable
 from service.metrics import Metrics
 from service.usage import (
@@ -138,6 +138,7 @@ class Persister:
             rated = dict(
                 zip((c.record.record_id for c in new), self._engine.apply(new, moved), strict=True)
             )
+        self._count_quantities(new)
         fresh = {id(c) for c in new}
         for submission, items in zip(group, checked, strict=True):
             results = [self._answer(item, rated, fresh, counted_closed) for item in items]
@@ -211,6 +212,14 @@ class Persister:
         if id(item) in fresh:
             return rated[item.record.record_id]
         return RecordResult(item.record.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+
+    def _count_quantities(self, new: list[Candidate]) -> None:
+        by_type: dict[UsageType, int] = {}
+        for candidate in new:
+            usage_type = candidate.record.usage_type
+            by_type[usage_type] = by_type.get(usage_type, 0) + candidate.record.quantity
+        for usage_type, quantity in by_type.items():
+            self._metrics.usage_quantity.labels(usage_type.name).inc(quantity)
 
     def _count_results(self, results: list[RecordResult]) -> None:
         by_status: dict[RecordStatus, int] = {}
