@@ -195,7 +195,10 @@ class Application:
         self._waiting += _waits_for_first_use(self.cache, sim)
         if previous is not None:
             self._waiting -= _waits_for_first_use(self.cache, previous)
-        self._count_states()
+        # Only the gauges this change moved: bulk changes call this once per SIM.
+        for state in {sim.state, previous.state if previous else sim.state}:
+            self.metrics.sims.labels(state.name).set(self.cache.state_counts[state])
+        self.metrics.activation_pending.set(self._waiting)
 
     def _count_states(self) -> None:
         for state, count in self.cache.state_counts.items():

@@ -164,27 +164,39 @@ async def load_sims(conn: asyncpg.Connection) -> list[Sim]:
     return [_sim_from_row(row) for row in rows]
 
 
+async def fetch_sims(conn: asyncpg.Connection, iccids: Sequence[str]) -> dict[str, Sim]:
+    """The stored SIMs among `iccids`, by ICCID."""
+    rows = await conn.fetch(
+        f"SELECT {', '.join(_SIM_COLUMNS)} FROM sims WHERE iccid = ANY($1::text[])", iccids
+    )
+    return {row["iccid"]: _sim_from_row(row) for row in rows}
+
+
 async def insert_sims(conn: asyncpg.Connection, sims: Sequence[Sim]) -> None:
     """Bulk insert with COPY: one round trip for up to 10,000 SIMs."""
     await conn.copy_records_to_table("sims", records=map(_sim_row, sims), columns=_SIM_COLUMNS)
 
 
 async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
-    await conn.executemany(
-        """UPDATE sims SET state = $2, billing_started_at = $3, billing_start_reason = $4,
-                           suspended_at = $5, terminated_at = $6
-           WHERE iccid = $1""",
-        [
-            (
-                sim.iccid,
-                sim.state.value,
-                sim.billing_started_at,
-                sim.billing_start_reason.value if sim.billing_start_reason else None,
-                sim.suspended_at,
-                sim.terminated_at,
-            )
-            for sim in sims
-        ],
+    """Write the lifecycle fields of many SIMs in one statement."""
+    rows = list(sims)
+    if not rows:
+        return
+    await conn.execute(
+        """UPDATE sims SET state = u.state, billing_started_at = u.billing_started_at,
+                           billing_start_reason = u.billing_start_reason,
+                           suspended_at = u.suspended_at, terminated_at = u.terminated_at
+           FROM unnest($1::text[], $2::int2[], $3::timestamptz[], $4::int2[],
+                       $5::timestamptz[], $6::timestamptz[])
+                AS u(iccid, state, billing_started_at, billing_start_reason,
+                     suspended_at, terminated_at)
+           WHERE sims.iccid = u.iccid""",
+        [sim.iccid for sim in rows],
+        [sim.state.value for sim in rows],
+        [sim.billing_started_at for sim in rows],
+        [sim.billing_start_reason.value if sim.billing_start_reason else None for sim in rows],
+        [sim.suspended_at for sim in rows],
+        [sim.terminated_at for sim in rows],
     )
 
 
