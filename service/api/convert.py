@@ -171,6 +171,10 @@ def usage_quantities(pairs: Iterable[tuple[m.UsageType, int]]) -> list[pb.UsageQ
 # --- usage ---------------------------------------------------------------------------------
 
 _MAX_ID = 128
+# One record is one session's usage: 10**12 bytes, seconds (31,000 years) or messages is far
+# beyond any real one. Without a bound, a few int64-sized records overflow the int64 period
+# totals and invoice lines (GetSimStatus and GetBillPreview failed INTERNAL).
+MAX_RECORD_QUANTITY = 10**12
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _USAGE_TYPES = {t.value: t for t in m.UsageType}
 
@@ -203,8 +207,8 @@ def record_from_proto(r: pb.UsageRecord) -> m.UsageRecord | InvalidRecord:
         return InvalidRecord(
             record_id, "usage_type", f"unknown or unspecified value {r.usage_type}"
         )
-    if r.quantity < 0:
-        return InvalidRecord(record_id, "quantity", "must be >= 0")
+    if not 0 <= r.quantity <= MAX_RECORD_QUANTITY:
+        return InvalidRecord(record_id, "quantity", f"must be between 0 and {MAX_RECORD_QUANTITY}")
     if not r.HasField("event_time"):
         return InvalidRecord(record_id, "event_time", "is required")
     ts = r.event_time

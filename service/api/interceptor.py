@@ -73,12 +73,25 @@ class _Call:
         )
 
 
+# Error messages quote what the caller sent; an id of 300 KB would make the status message
+# (a percent-encoded trailer) overflow the peer's metadata limit, and the caller would see
+# RESOURCE_EXHAUSTED instead of the real code. The field name comes first, so it survives.
+MAX_MESSAGE_CHARS = 256
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[:MAX_MESSAGE_CHARS] + f"... ({len(message)} characters)"
+
+
 async def _fail(call: _Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Record the outcome of a failed RPC and abort it with the mapped status."""
     if isinstance(exc, errors.RatingError):
         code = status_for(exc)
-        call.finish(code, error=str(exc))
-        await context.abort(code, str(exc))
+        message = _bounded(str(exc))
+        call.finish(code, error=message)
+        await context.abort(code, message)
     if isinstance(exc, NotImplementedError):  # the generated base servicer's default
         call.finish(grpc.StatusCode.UNIMPLEMENTED)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")

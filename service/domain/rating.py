@@ -10,6 +10,10 @@ from __future__ import annotations
 from service.domain.model import UsageRate
 from service.domain.money import scaled_tier_price
 
+# Estimates travel in int64 fields; an absurd quantity (2**62 SMS) must not make one
+# unrepresentable, so they saturate here. Invoices never use estimates.
+MAX_ESTIMATE_MICROS = 2**63 - 1
+
 
 def rated_quantity(quantity: int, rate: UsageRate | None) -> int:
     """`quantity` rounded up to a multiple of the rate's rounding increment.
@@ -26,7 +30,8 @@ def rated_quantity(quantity: int, rate: UsageRate | None) -> int:
 
 
 def estimate_charge(rate: UsageRate | None, used_before: int, quantity: int, included: int) -> int:
-    """Estimated micros (half-up to whole micros) of `quantity` more rated units.
+    """Estimated micros (half-up to whole micros) of `quantity` more rated units, at most
+    MAX_ESTIMATE_MICROS.
 
     `used_before` is the rated quantity already counted against `included`, the allowance
     available; only the part above the allowance is charged, priced through the tiers at
@@ -42,7 +47,7 @@ def estimate_charge(rate: UsageRate | None, used_before: int, quantity: int, inc
     scaled = scaled_tier_price(after, rate.tiers) - scaled_tier_price(before, rate.tiers)
     # Half-up division of a non-negative integer: (2x + d) // 2d, no Fractions on the hot path.
     unit = rate.unit_quantity
-    return (2 * scaled + unit) // (2 * unit)
+    return min(MAX_ESTIMATE_MICROS, (2 * scaled + unit) // (2 * unit))
 
 
 def marginal_price(rate: UsageRate | None, chargeable_so_far: int) -> int:
