@@ -15,6 +15,7 @@ from typing import Protocol
 from service.errors import InvalidArgument
 
 DueWork = Callable[[datetime], Awaitable[object]]
+TEST_CLOCK_LIMIT = datetime(3000, 1, 1, tzinfo=UTC)
 
 
 class Clock(Protocol):
@@ -62,6 +63,9 @@ class TestClock:
     async def advance_to(self, when: datetime) -> datetime:
         if when.tzinfo is None:
             raise InvalidArgument("to", "must carry a time zone")
+        if when >= TEST_CLOCK_LIMIT:
+            # Far beyond any billing horizon; date arithmetic near year 9999 overflows.
+            raise InvalidArgument("to", f"must be before {TEST_CLOCK_LIMIT.date().isoformat()}")
         async with self._lock:
             if when < self._now:
                 raise InvalidArgument("to", f"time never goes back (now {self._now.isoformat()})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -28,6 +28,12 @@ async def test_time_moves_forward_only(stubs: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stubs.clock.AdvanceTime(k.AdvanceTimeRequest())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    far = k.AdvanceTimeRequest()
+    far.to.FromDatetime(datetime(9999, 12, 31, tzinfo=UTC))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stubs.clock.AdvanceTime(far)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "3000-01-01" in (err.value.details() or "")
 
 
 async def test_clock_service_refuses_on_the_system_clock(start_app: AppFactory) -> None:
