@@ -3,6 +3,7 @@
 python -m bench                                  # full size (1M records, 100k SIMs)
 python -m bench --records 100000 --sims 10000    # a quick run
 python -m bench --only ingestion --profile /tmp/bench   # cProfile of the server side
+python -m bench --only soak --minutes 10         # the soak (never in the default list)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from bench import registry, report
 from bench.context import BenchContext, Progress
 from bench.registry import Figure, VerificationFailed
+from bench.soak import SoakOptions
 from bench.workload import Workload
 from service.logs import configure_logging
 
@@ -45,6 +47,8 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
         help="cProfile this process during each timed window; writes PROFILE.<name>.pstats",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON path")
+    parser.add_argument("--minutes", type=float, default=10.0, help="soak: duration")
+    parser.add_argument("--rate", type=float, help="soak: records/s (default: half the max)")
     args = parser.parse_args(argv)
     for name in ("records", "sims", "streams", "batch"):
         if getattr(args, name) < 1:
@@ -56,7 +60,8 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> int:
     workload = Workload(args.records, args.sims, args.streams, args.batch)
-    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile)
+    soak = SoakOptions(args.minutes, args.rate)
+    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile, soak=soak)
     ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
     figures: list[Figure] = []
     try:
@@ -79,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("console", level=logging.WARNING)
     benchmarks = registry.load()
     args = parse_args(argv, list(benchmarks))
-    selected = [b for name, b in benchmarks.items() if not args.only or name in args.only]
+    selected = [
+        b for name, b in benchmarks.items() if (name in args.only if args.only else b.default)
+    ]
     return asyncio.run(run(args, selected))
 
 

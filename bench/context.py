@@ -21,12 +21,15 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from bench.workload import Workload
+
+if TYPE_CHECKING:
+    from bench.soak import SoakOptions
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -80,6 +83,7 @@ class BenchContext:
     progress: Progress
     copy_batch: int = 20_000  # rows per COPY in the storage baseline; 0: one COPY
     profile_path: Path | None = None
+    soak: SoakOptions | None = None  # only the soak benchmark reads it
     _server_url: str | None = None
     _embedded: Any = None
     _embedded_dir: tempfile.TemporaryDirectory[str] | None = None

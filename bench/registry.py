@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     from bench.context import BenchContext
 
 # Imported in this order; their @benchmark functions run in this order.
-MODULES = ("bench.ingestion", "bench.transport", "bench.storage")
+MODULES = (
+    "bench.ingestion",
+    "bench.transport",
+    "bench.storage",
+    "bench.activation",
+    "bench.settlement",
+    "bench.soak",
+)
 
 # Unit of the figures the report compares with the baselines below.
 THROUGHPUT_UNIT = "records/s"
@@ -49,18 +56,22 @@ class Benchmark:
     name: str
     description: str
     run: BenchmarkFn
+    default: bool = True  # False: runs only when named with --only (e.g. the soak)
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
-def benchmark(name: str, description: str) -> Callable[[BenchmarkFn], BenchmarkFn]:
-    """Register the decorated function as the benchmark `name`."""
+def benchmark(
+    name: str, description: str, *, default: bool = True
+) -> Callable[[BenchmarkFn], BenchmarkFn]:
+    """Register the decorated function as the benchmark `name`; with default=False it runs
+    only when selected with --only."""
 
     def register(run: BenchmarkFn) -> BenchmarkFn:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} registered twice")
-        BENCHMARKS[name] = Benchmark(name, description, run)
+        BENCHMARKS[name] = Benchmark(name, description, run, default)
         return run
 
     return register

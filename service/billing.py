@@ -103,6 +103,16 @@ class Billing:
             account = self._cache.accounts[account.account_id]
             try:
                 stored, created = await self._commit(account, period, now)
+            except StorageUnavailable as exc:
+                # Expected while PostgreSQL is down, for every due account: no traceback each.
+                self._metrics.settlements.labels("failed").inc()
+                log.warning(
+                    "settlement failed",
+                    account_id=account.account_id,
+                    period=period.name,
+                    error=str(exc),
+                )
+                raise
             except Exception:
                 self._metrics.settlements.labels("failed").inc()
                 log.exception(

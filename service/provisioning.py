@@ -2,6 +2,12 @@
 
 Lifecycle: PROVISIONED (billing not started) -> ACTIVE (billing started) <-> SUSPENDED
 -> TERMINATED. Every change is committed before the cache shows it.
+
+A ProvisionSims commit can fail after COMMIT was sent (PostgreSQL stopped before its
+answer arrived): the SIMs may be stored although the caller got UNAVAILABLE and the cache
+does not show them. Their ICCIDs are kept "in doubt"; a later call provisioning one of them
+reads the stored rows in its own transaction and publishes them instead of inserting them
+again (which would be a unique violation, and the retry would never succeed).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from service.clock import Clock
 from service.domain.iccid import iccid_problem
 from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
 from service.domain.periods import next_period, period_containing
-from service.errors import FailedPrecondition, InvalidArgument
+from service.errors import FailedPrecondition, InvalidArgument, StorageUnavailable
 
 MAX_ICCIDS_PER_CALL = 10_000
 # Times a caller gives may run this far ahead of our clock (clock skew between systems).
@@ -50,6 +56,8 @@ class Provisioning:
         self._cache = cache
         self._clock = clock
         self._write_lock = write_lock
+        # ICCIDs of provisioning commits whose outcome is unknown (see module doc).
+        self._in_doubt: set[str] = set()
 
     def _not_in_future(self, field: str, when: datetime) -> datetime:
         if when > self._clock.now() + CLOCK_SKEW_TOLERANCE:
@@ -85,10 +93,43 @@ class Provisioning:
                     new[iccid] = self._new_sim(iccid, account_id, plan.activation_mode, plan_id, at)
             if new:
                 self._refuse_settled_history(account_id, at, "provisioned_at")
-                async with repository.transaction(self._pool) as conn:
-                    await repository.insert_sims(conn, list(new.values()))
+                stored = await self._insert(list(new.values()))
+                new.update(stored)
+                results = [self._recovered(x, stored, account_id, plan_id) for x in results]
                 self._publish(list(new.values()))
             return results
+
+    async def _insert(self, sims: list[Sim]) -> dict[str, Sim]:
+        """Insert the SIMs in one transaction; returns those already stored by a commit
+        whose answer was lost (they are not inserted again)."""
+        doubtful = [sim.iccid for sim in sims if sim.iccid in self._in_doubt]
+        committing = False
+        try:
+            async with repository.transaction(self._pool) as conn:
+                stored = await repository.fetch_sims(conn, doubtful) if doubtful else {}
+                await repository.insert_sims(conn, [s for s in sims if s.iccid not in stored])
+                committing = True  # leaving this block sends COMMIT
+        except StorageUnavailable:
+            if committing:
+                self._in_doubt.update(sim.iccid for sim in sims)
+            raise
+        self._in_doubt.difference_update(sim.iccid for sim in sims)
+        return stored
+
+    @staticmethod
+    def _recovered(
+        result: ProvisionResult, stored: dict[str, Sim], account_id: str, plan_id: str
+    ) -> ProvisionResult:
+        """The result of a SIM a lost-answer commit stored: CREATED if it is what this call
+        asks for (no caller has seen it yet), CONFLICT otherwise."""
+        sim = stored.get(result.iccid)
+        if sim is None or (sim.account_id, sim.plan_id) == (account_id, plan_id):
+            return result
+        return ProvisionResult(
+            result.iccid,
+            ProvisionStatus.CONFLICT,
+            f"provisioned to account {sim.account_id!r} on plan {sim.plan_id!r}",
+        )
 
     def _classify(
         self, iccid: str, account_id: str, plan_id: str, new: dict[str, Sim]

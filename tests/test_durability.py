@@ -13,15 +13,10 @@ No sleeps: the tests wait on events set by the acknowledgements themselves.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -33,6 +28,7 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.metrics import Metrics
 from tests import conftest
+from tests.pg_control import StoppablePostgres
 from tests.support import ServerProcess, Stubs
 from tests.usage_support import account_with_sims, record
 
@@ -247,58 +243,6 @@ async def test_kill_9_while_four_streams_are_sending(database_url: str) -> None:
 
 
 # --- 2. PostgreSQL stopped under load, then started again --------------------------------------
-
-
-# Run in a child interpreter: as root, pgserver runs pg_ctl with subprocess.run(user=...),
-# which must fork(); forking this process, full of gRPC threads, crashed pg_ctl (SIGSEGV).
-# A child without gRPC forks safely, and starting the child itself uses vfork.
-_PGSERVER = """
-import sys, pgserver
-from pathlib import Path
-action, pgdata = sys.argv[1], Path(sys.argv[2])
-server = pgserver.get_server(pgdata, cleanup_mode=None)  # inits and starts it if needed
-if action == "start":
-    (pgdata.parent / "uri").write_text(server.get_uri())
-elif action == "stop":  # fast: roll back open transactions, disconnect every client
-    pgserver.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user)
-elif action == "delete":
-    server.cleanup_mode = "delete"
-    server.cleanup()
-"""
-
-
-class StoppablePostgres:
-    """A PostgreSQL of this test alone (pgserver), which the test may stop and start.
-
-    Starting again uses the options pgserver used the first time (same socket directory),
-    so the service's URL stays valid. Not under pytest's tmp_path: as root, pgserver runs
-    PostgreSQL as another user, and every pytest session starting meanwhile makes
-    /tmp/pytest-of-root private again (0700), so pg_ctl could no longer reach the data.
-    """
-
-    def __init__(self) -> None:
-        self.pgdata = Path(tempfile.mkdtemp(prefix="simrating-durability-")) / "pg"
-        self.start()
-        self.uri = (self.pgdata.parent / "uri").read_text()
-
-    def _run(self, action: str) -> None:
-        subprocess.run(
-            [sys.executable, "-c", _PGSERVER, action, str(self.pgdata)],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            timeout=60,
-        )
-
-    def start(self) -> None:
-        self._run("start")
-
-    def stop(self) -> None:
-        self._run("stop")
-
-    def cleanup(self) -> None:
-        self._run("delete")
-        shutil.rmtree(self.pgdata.parent)
 
 
 async def health_status(channel: grpc.aio.Channel) -> str:
