@@ -28,16 +28,18 @@ class Catalog:
         validate_plan(plan)
         async with self._write_lock:
             existing = self._cache.plans.get(plan.plan_id)
-            if existing is not None:
-                if existing == plan:
-                    return False
-                raise AlreadyExists(
-                    f"plan {plan.plan_id!r} exists with different content; plans are immutable"
-                )
-            async with repository.transaction(self._pool) as conn:
-                await repository.insert_plan(conn, plan, self._clock.now())
-            self._cache.put_plan(plan)
-            return True
+            if existing is None:
+                async with repository.transaction(self._pool) as conn:
+                    # Not None only if an earlier call committed but its answer was lost.
+                    existing = await repository.insert_plan(conn, plan, self._clock.now())
+                self._cache.put_plan(existing or plan)
+                if existing is None:
+                    return True
+            if existing == plan:
+                return False
+            raise AlreadyExists(
+                f"plan {plan.plan_id!r} exists with different content; plans are immutable"
+            )
 
     async def put_account(self, account: Account) -> bool:
         """Create or update an account; True if created."""

@@ -69,14 +69,20 @@ async def load_plans(conn: asyncpg.Connection) -> list[Plan]:
     return [codec.plan_from_json(row["body"]) for row in rows]
 
 
-async def insert_plan(conn: asyncpg.Connection, plan: Plan, now: datetime) -> None:
-    await conn.execute(
-        "INSERT INTO plans (plan_id, currency, body, created_at) VALUES ($1, $2, $3, $4)",
+async def insert_plan(conn: asyncpg.Connection, plan: Plan, now: datetime) -> Plan | None:
+    """Insert a new plan; if one with its id is stored already, return that one instead."""
+    inserted = await conn.fetchval(
+        """INSERT INTO plans (plan_id, currency, body, created_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (plan_id) DO NOTHING RETURNING true""",
         plan.plan_id,
         plan.currency,
         codec.plan_to_json(plan),
         now,
     )
+    if inserted:
+        return None
+    body = await conn.fetchval("SELECT body FROM plans WHERE plan_id = $1", plan.plan_id)
+    return codec.plan_from_json(body)
 
 
 async def load_accounts(conn: asyncpg.Connection) -> list[Account]:

@@ -504,6 +504,20 @@ async def test_commit_answer_lost_then_retried(database_url: str) -> None:
                 assert (await stored_invoices(database_url)).keys() == {("A", "2025-12")}
                 invoice = await settle(stubs, "A", "2025-12")
                 assert invoice_key(invoice) == invoice_key(preview.invoice)
+
+                plan = data_plan("LOST")
+                proxy.arm()
+                assert (
+                    await code_of(stubs.catalog.PutPlan(c.PutPlanRequest(plan=plan))) == UNAVAILABLE
+                )
+                assert proxy.cut.is_set()
+                repeated = await stubs.catalog.PutPlan(c.PutPlanRequest(plan=plan))
+                assert repeated.plan == plan  # the stored plan, found instead of re-inserted
+                changed = data_plan("LOST", subscription_fee_micros=1)
+                assert (
+                    await code_of(stubs.catalog.PutPlan(c.PutPlanRequest(plan=changed)))
+                    == grpc.StatusCode.ALREADY_EXISTS
+                )
         finally:
             await app.stop()
 
