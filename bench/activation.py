@@ -38,7 +38,7 @@ import grpc
 
 from bench.context import BenchContext
 from bench.registry import Figure, VerificationFailed, benchmark
-from bench.workload import ROUNDING_INCREMENT, sim_iccids
+from bench.workload import ROUNDING_INCREMENT, service_settings, sim_iccids
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
 from rating.v1 import clock_service_pb2 as k
@@ -48,7 +48,6 @@ from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.metrics import Metrics
-from service.settings import Settings
 
 ACCOUNT_ID = "bench-activation"
 GRACE = timedelta(days=30)
@@ -86,23 +85,6 @@ PLAN = t.Plan(
     ],
 )
 PLAN.activation.grace_period.FromSeconds(int(GRACE.total_seconds()))
-
-
-def test_clock_settings(database_url: str) -> Settings:
-    return Settings(
-        grpc_addr="127.0.0.1:0",
-        metrics_addr=None,
-        database_url=database_url,
-        test_clock=True,
-        clock_start=CLOCK_START,
-        late_usage_window=NO_SETTLEMENT_WINDOW,
-    )
-
-
-def system_clock_settings(database_url: str) -> Settings:
-    return Settings(
-        grpc_addr="127.0.0.1:0", metrics_addr=None, database_url=database_url, test_clock=False
-    )
 
 
 async def provision(
@@ -164,7 +146,10 @@ async def throughput(ctx: BenchContext) -> Figure:
     progress = ctx.progress
     async with ctx.fresh_database() as url:
         metrics = Metrics()
-        app = Application(test_clock_settings(url), metrics)
+        app = Application(
+            service_settings(url, clock_start=CLOCK_START, late_usage_window=NO_SETTLEMENT_WINDOW),
+            metrics,
+        )
         with progress.phase("activation: start service (test clock)"):
             await app.start()
         sample = metrics.registry.get_sample_value
@@ -276,7 +261,7 @@ async def idle(ctx: BenchContext) -> Figure:
     sims = ctx.workload.sims
     progress = ctx.progress
     async with ctx.fresh_database() as url:
-        app = Application(system_clock_settings(url), Metrics())
+        app = Application(service_settings(url, test_clock=False, clock_start=None), Metrics())
         with progress.phase("activation idle: start service (system clock)"):
             await app.start()
         try:

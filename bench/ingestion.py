@@ -18,10 +18,10 @@ from bench.client import ClientResult, StreamClient
 from bench.context import BenchContext
 from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
 from bench.workload import (
-    CLOCK_START,
     PROVISIONED_AT,
     ROUNDING_INCREMENT,
     Workload,
+    service_settings,
     sim_iccids,
 )
 from rating.v1 import catalog_service_pb2 as c
@@ -31,7 +31,6 @@ from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.metrics import Metrics
-from service.settings import Settings
 
 PROVISION_CALL = 10_000
 ACCOUNT_ID = "bench-account"
@@ -53,16 +52,6 @@ PLAN = t.Plan(
         )
     ],
 )
-
-
-def service_settings(database_url: str) -> Settings:
-    return Settings(
-        grpc_addr="127.0.0.1:0",
-        metrics_addr=None,
-        database_url=database_url,
-        test_clock=True,
-        clock_start=CLOCK_START,
-    )
 
 
 async def provision(address: str, workload: Workload) -> None:

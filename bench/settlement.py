@@ -30,7 +30,14 @@ from bench.client import StreamClient
 from bench.context import BenchContext
 from bench.ingestion import PLAN, commit_figures
 from bench.registry import Figure, VerificationFailed, benchmark
-from bench.workload import CLOCK_START, PERIOD, PROVISIONED_AT, Workload, sim_iccids
+from bench.workload import (
+    CLOCK_START,
+    PERIOD,
+    PROVISIONED_AT,
+    Workload,
+    service_settings,
+    sim_iccids,
+)
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
 from rating.v1 import clock_service_pb2 as k
@@ -40,21 +47,10 @@ from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.metrics import Metrics
-from service.settings import Settings
 
 SIMS_PER_ACCOUNT = 100
 MIN_SIMS = 120  # January commitment: 20 short of the 100 SIMs each account has
 MIN_SPEND = 500_000_000  # 500 EUR: above what the usage and fees of an account add up to
-
-
-def settings(database_url: str) -> Settings:
-    return Settings(
-        grpc_addr="127.0.0.1:0",
-        metrics_addr=None,
-        database_url=database_url,
-        test_clock=True,
-        clock_start=CLOCK_START,
-    )
 
 
 def account_id(n: int) -> str:
@@ -153,7 +149,7 @@ async def settlement(ctx: BenchContext) -> list[Figure]:
     try:
         async with ctx.fresh_database() as url:
             metrics = Metrics()
-            app = Application(settings(url), metrics)
+            app = Application(service_settings(url), metrics)
             sample = metrics.registry.get_sample_value
             with progress.phase("settlement: start service"):
                 await app.start()

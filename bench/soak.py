@@ -47,9 +47,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import report
 from bench.context import BenchContext, Progress
-from bench.ingestion import provision, service_settings
+from bench.ingestion import provision
 from bench.registry import Figure, VerificationFailed, benchmark
-from bench.workload import CLOCK_START, PROVISIONED_AT, USAGE_TYPE_DATA, Workload, sim_iccids
+from bench.workload import (
+    CLOCK_START,
+    PROVISIONED_AT,
+    USAGE_TYPE_DATA,
+    Workload,
+    service_settings,
+    sim_iccids,
+)
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application

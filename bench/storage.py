@@ -18,8 +18,9 @@ import asyncpg
 
 from bench.context import BenchContext
 from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
-from bench.workload import USAGE_COLUMNS, usage_rows
+from bench.workload import usage_rows
 from service import db
+from service.repository import USAGE_COLUMNS
 
 TABLE = "usage_records_copy"
 

@@ -13,12 +13,14 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.domain.iccid import make_iccid
+from service.settings import Settings
 
 PROVISIONED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 CLOCK_START = datetime(2026, 2, 1, tzinfo=UTC)
@@ -113,17 +115,18 @@ def rated_quantity(quantity: int) -> int:
 
 
 UsageRow = tuple[str, str, int, int, int, datetime, str, str, datetime]
-USAGE_COLUMNS = (
-    "record_id",
-    "iccid",
-    "usage_type",
-    "quantity",
-    "rated_quantity",
-    "event_time",
-    "session_id",
-    "period",
-    "received_at",
-)
+
+
+def service_settings(database_url: str, **overrides: Any) -> Settings:
+    """The in-process service every benchmark starts: port 0, no /metrics, a test clock."""
+    fields: dict[str, Any] = {
+        "grpc_addr": "127.0.0.1:0",
+        "metrics_addr": None,
+        "database_url": database_url,
+        "test_clock": True,
+        "clock_start": CLOCK_START,
+    }
+    return Settings(**(fields | overrides))
 
 
 def usage_rows(workload: Workload, chunk: int) -> list[list[UsageRow]]:

@@ -209,7 +209,7 @@ async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
 # --- usage -----------------------------------------------------------------------------------
 
 
-_USAGE_COLUMNS = (
+USAGE_COLUMNS = (  # usage_records as the persister writes it (the COPY baseline too)
     "record_id",
     "iccid",
     "usage_type",
@@ -250,7 +250,7 @@ async def insert_usage(
         if not seen or c.record.record_id not in seen
     ]
     if rows:
-        await conn.copy_records_to_table("usage_records", records=rows, columns=_USAGE_COLUMNS)
+        await conn.copy_records_to_table("usage_records", records=rows, columns=USAGE_COLUMNS)
     return {row[0] for row in rows}
 
 
