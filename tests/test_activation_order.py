@@ -28,8 +28,9 @@ from service.domain.model import (
     UsageRecord,
     UsageType,
 )
-from service.usage import Candidate, UsageEngine
+from service.usage import UsageEngine
 from tests.support import T0
+from tests.usage_support import replay
 
 PLAN = Plan(
     plan_id="FU",
@@ -60,13 +61,7 @@ def run(records: list[UsageRecord], batches: list[int]) -> tuple[object, object]
     cache.put_plan(PLAN)
     cache.put_account(Account("A", "EUR"))
     cache.put_sims([Sim("8900000000000000001", "A", "FU", T0, SimState.PROVISIONED)])
-    engine = UsageEngine(cache, TestClock(NOW))
-    position = 0
-    for size in batches:
-        checked = [engine.check(r) for r in records[position : position + size]]
-        position += size
-        candidates = [c for c in checked if isinstance(c, Candidate)]
-        engine.apply(candidates, engine.plan_starts(candidates))
+    replay(UsageEngine(cache, TestClock(NOW)), records, batches)
     sim = cache.sims["8900000000000000001"]
     usage = cache.usage_of(sim.iccid)
     counters = {

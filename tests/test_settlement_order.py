@@ -37,10 +37,10 @@ from service.domain.model import (
 )
 from service.domain.periods import period_named
 from service.domain.settlement import compute_invoice
-from service.usage import Candidate, UsageEngine
+from service.usage import UsageEngine
 from tests.billing_support import advance, provision, put_account, put_plans, settle, step, utc
 from tests.support import T0, Stubs, first_use_plan, iccids
-from tests.usage_support import rate, record
+from tests.usage_support import rate, record, replay
 
 PLAN = Plan(
     plan_id="FU",
@@ -94,13 +94,7 @@ def invoices(records: list[UsageRecord], batches: list[int]) -> list[Invoice]:
         else Sim(iccid, "A", plan_id, T0, SimState.ACTIVE, T0)
         for iccid, plan_id in SIMS
     )
-    engine = UsageEngine(cache, TestClock(NOW))
-    position = 0
-    for size in batches:
-        checked = [engine.check(r) for r in records[position : position + size]]
-        position += size
-        candidates = [c for c in checked if isinstance(c, Candidate)]
-        engine.apply(candidates, engine.plan_starts(candidates))
+    replay(UsageEngine(cache, TestClock(NOW)), records, batches)
     return [
         compute_invoice(
             ACCOUNT,

@@ -8,6 +8,8 @@ from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
+from service.domain.model import UsageRecord
+from service.usage import Candidate, UsageEngine
 from tests.support import T0, Stubs, data_plan, iccids
 
 
@@ -52,3 +54,14 @@ async def account_with_sims(
 async def period_usage(stubs: Stubs, iccid: str) -> dict[int, int]:
     status = (await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=iccid))).status
     return {u.usage_type: u.quantity for u in status.period_usage}
+
+
+def replay(engine: UsageEngine, records: list[UsageRecord], batches: list[int]) -> None:
+    """Feed records to the engine in batches of the given sizes, exactly as the persister
+    does (check, plan_starts, apply), with the database commit left out."""
+    position = 0
+    for size in batches:
+        checked = [engine.check(r) for r in records[position : position + size]]
+        position += size
+        candidates = [c for c in checked if isinstance(c, Candidate)]
+        engine.apply(candidates, engine.plan_starts(candidates))
