@@ -3,7 +3,7 @@ committed records to the per-SIM period counters.
 
 The persister worker drives it in three steps per group commit, all under the state lock:
 
-1. `check`    — each record is answered now (INVALID, UNKNOWN_SIM, ...) or becomes a
+1. `check_all` — each record is answered now (INVALID, UNKNOWN_SIM, ...) or becomes a
                 `Candidate` waiting for its commit;
 2. `plan_starts` — pure: which SIMs' billing start the new records move (FIRST_USE);
                 the persister writes those SIM rows in the same transaction;
@@ -129,37 +129,60 @@ class UsageEngine:
 
     # --- 1. checks ----------------------------------------------------------------------------
 
-    def check(self, record: UsageRecord | InvalidRecord) -> Checked:
-        if isinstance(record, InvalidRecord):
-            return RecordResult(
-                record.record_id, RecordStatus.INVALID, f"{record.field}: {record.problem}"
-            )
-        record_id = record.record_id
-        sim = self._cache.sims.get(record.iccid)
-        if sim is None:
-            return RecordResult(record_id, RecordStatus.UNKNOWN_SIM, f"iccid {record.iccid!r}")
-        event_time = record.event_time
-        if event_time > self._clock.now() + FUTURE_TOLERANCE:
-            return RecordResult(
-                record_id, RecordStatus.FUTURE_EVENT, "event_time more than 5 minutes ahead"
-            )
-        if event_time < sim.provisioned_at:
-            return RecordResult(
-                record_id, RecordStatus.BEFORE_PROVISIONING, "event_time before provisioned_at"
-            )
-        if sim.terminated_at is not None and event_time >= sim.terminated_at:
-            return RecordResult(
-                record_id, RecordStatus.AFTER_TERMINATION, "event_time at or after terminated_at"
-            )
-        account = self._cache.accounts[sim.account_id]
-        period = self.periods.name(account, event_time)
-        if (sim.account_id, period) in self._cache.settled:
-            return ClosedCandidate(record_id, period)
-        plan = self._cache.plans[sim.plan_id]
-        rated = rated_quantity(record.quantity, plan.rate_for(record.usage_type))
-        if rated > INT64_MAX:
-            return RecordResult(record_id, RecordStatus.INVALID, "quantity: too large")
-        return Candidate(record, sim.account_id, period, rated)
+    def check_all(self, records: Sequence[UsageRecord | InvalidRecord]) -> list[Checked]:
+        """Answer each record now, or make it a Candidate (or ClosedCandidate) to commit."""
+        cache = self._cache
+        sims, accounts, plans, settled = cache.sims, cache.accounts, cache.plans, cache.settled
+        period_name = self.periods.name
+        latest = self._clock.now() + FUTURE_TOLERANCE
+        checked: list[Checked] = []
+        append = checked.append
+        for record in records:
+            if isinstance(record, InvalidRecord):
+                append(
+                    RecordResult(
+                        record.record_id, RecordStatus.INVALID, f"{record.field}: {record.problem}"
+                    )
+                )
+                continue
+            record_id, event_time = record.record_id, record.event_time
+            sim = sims.get(record.iccid)
+            if sim is None:
+                append(RecordResult(record_id, RecordStatus.UNKNOWN_SIM, f"iccid {record.iccid!r}"))
+            elif event_time > latest:
+                append(
+                    RecordResult(
+                        record_id, RecordStatus.FUTURE_EVENT, "event_time more than 5 minutes ahead"
+                    )
+                )
+            elif event_time < sim.provisioned_at:
+                append(
+                    RecordResult(
+                        record_id,
+                        RecordStatus.BEFORE_PROVISIONING,
+                        "event_time before provisioned_at",
+                    )
+                )
+            elif sim.terminated_at is not None and event_time >= sim.terminated_at:
+                append(
+                    RecordResult(
+                        record_id,
+                        RecordStatus.AFTER_TERMINATION,
+                        "event_time at or after terminated_at",
+                    )
+                )
+            else:
+                period = period_name(accounts[sim.account_id], event_time)
+                if settled and (sim.account_id, period) in settled:
+                    append(ClosedCandidate(record_id, period))
+                    continue
+                rate = plans[sim.plan_id].rate_for(record.usage_type)
+                rated = rated_quantity(record.quantity, rate)
+                if rated > INT64_MAX:
+                    append(RecordResult(record_id, RecordStatus.INVALID, "quantity: too large"))
+                else:
+                    append(Candidate(record, sim.account_id, period, rated))
+        return checked
 
     # --- 2. billing start decisions (pure) ------------------------------------------------------
 
@@ -218,6 +241,8 @@ class UsageEngine:
         """Count committed records and install moved billing starts; one result per candidate."""
         for sim in started.values():
             self.install_start(sim)
+        if not started:  # the common case: no billing start moved
+            return [self._count(c, None) for c in candidates]
         return [self._count(c, started.get(c.record.iccid)) for c in candidates]
 
     def install_start(self, sim: Sim) -> None:

@@ -61,7 +61,7 @@ def replay(engine: UsageEngine, records: list[UsageRecord], batches: list[int]) 
     does (check, plan_starts, apply), with the database commit left out."""
     position = 0
     for size in batches:
-        checked = [engine.check(r) for r in records[position : position + size]]
+        checked = engine.check_all(records[position : position + size])
         position += size
         candidates = [c for c in checked if isinstance(c, Candidate)]
         engine.apply(candidates, engine.plan_starts(candidates))

@@ -121,7 +121,7 @@ class Persister:
     async def commit(self, group: list[Submission]) -> None:
         started = time.perf_counter()
         async with self._state_lock:
-            checked = [[self._engine.check(r) for r in s.records] for s in group]
+            checked = [self._engine.check_all(s.records) for s in group]
             first: dict[str, Candidate] = {}
             closed: list[str] = []
             for items in checked:
