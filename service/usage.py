@@ -104,11 +104,15 @@ class PeriodLookup:
     """period_containing() for many records: remembers each account's recent periods."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, int], list[tuple[datetime, datetime, str]]] = {}
+        # By account id, with the Account the periods were computed for: an updated account
+        # (a new object) starts afresh. Hashing the frozen Account itself would be slow.
+        self._known: dict[str, tuple[Account, list[tuple[datetime, datetime, str]]]] = {}
 
     def name(self, account: Account, instant: datetime) -> str:
-        key = (account.timezone, account.billing_day)
-        known = self._known.setdefault(key, [])
+        entry = self._known.get(account.account_id)
+        if entry is None or entry[0] is not account:
+            entry = self._known[account.account_id] = (account, [])
+        known = entry[1]
         for start, end, name in known:
             if start <= instant < end:
                 return name
