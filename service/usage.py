@@ -90,14 +90,15 @@ class Candidate(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class ClosedCandidate:
-    """A record of a settled period: DUPLICATE if its id was counted before, else closed."""
+class UnlessCounted:
+    """A record refused because of what happened since it may have been counted (its period
+    was settled, its SIM terminated): DUPLICATE if its id was counted before, else `refusal`.
+    Ids are the idempotency key forever, so a retry never gets a different answer."""
 
-    record_id: str
-    period: str
+    refusal: RecordResult
 
 
-Checked = Candidate | ClosedCandidate | RecordResult
+Checked = Candidate | UnlessCounted | RecordResult
 
 
 class PeriodLookup:
@@ -134,7 +135,7 @@ class UsageEngine:
     # --- 1. checks ----------------------------------------------------------------------------
 
     def check_all(self, records: Sequence[UsageRecord | InvalidRecord]) -> list[Checked]:
-        """Answer each record now, or make it a Candidate (or ClosedCandidate) to commit."""
+        """Answer each record now, or make it a Candidate to commit (or UnlessCounted)."""
         cache = self._cache
         sims, accounts, plans, settled = cache.sims, cache.accounts, cache.plans, cache.settled
         period_name = self.periods.name
@@ -169,16 +170,24 @@ class UsageEngine:
                 )
             elif sim.terminated_at is not None and event_time >= sim.terminated_at:
                 append(
-                    RecordResult(
-                        record_id,
-                        RecordStatus.AFTER_TERMINATION,
-                        "event_time at or after terminated_at",
+                    UnlessCounted(
+                        RecordResult(
+                            record_id,
+                            RecordStatus.AFTER_TERMINATION,
+                            "event_time at or after terminated_at",
+                        )
                     )
                 )
             else:
                 period = period_name(accounts[sim.account_id], event_time)
                 if settled and (sim.account_id, period) in settled:
-                    append(ClosedCandidate(record_id, period))
+                    append(
+                        UnlessCounted(
+                            RecordResult(
+                                record_id, RecordStatus.PERIOD_CLOSED, f"period {period} is settled"
+                            )
+                        )
+                    )
                     continue
                 rate = plans[sim.plan_id].rate_for(record.usage_type)
                 rated = rated_quantity(record.quantity, rate)

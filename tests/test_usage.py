@@ -8,6 +8,7 @@ from datetime import timedelta
 import grpc
 import pytest
 
+from rating.v1 import clock_service_pb2 as k
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
@@ -221,3 +222,26 @@ async def test_authorize_session(stubs: Stubs) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "usage_type" in (
         err.value.details() or ""
     )
+
+
+async def test_a_counted_record_stays_duplicate_after_a_back_dated_termination(
+    stubs: Stubs,
+) -> None:
+    sim = (await account_with_sims(stubs, 1))[0]
+    later = k.AdvanceTimeRequest()
+    later.to.FromDatetime(T0 + timedelta(days=2))
+    await stubs.clock.AdvanceTime(later)
+    used_at = T0 + timedelta(days=1)
+    [first] = await rate(stubs, record("kept", sim, 10, when=used_at))
+    assert first.status == S.RECORD_STATUS_RATED
+    terminate = p.TerminateSimRequest(iccid=sim)
+    terminate.effective_at.FromDatetime(T0 + timedelta(hours=12))  # before the usage
+    await stubs.provisioning.TerminateSim(terminate)
+    again = await rate(
+        stubs, record("kept", sim, 10, when=used_at), record("new", sim, 10, when=used_at)
+    )
+    assert [x.status for x in again] == [
+        S.RECORD_STATUS_DUPLICATE,  # a retry never gets another answer than its first
+        S.RECORD_STATUS_AFTER_TERMINATION,
+    ]
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 10}

@@ -33,10 +33,10 @@ from service.metrics import Metrics
 from service.usage import (
     Candidate,
     Checked,
-    ClosedCandidate,
     InvalidRecord,
     RecordResult,
     RecordStatus,
+    UnlessCounted,
     UsageEngine,
 )
 
@@ -128,8 +128,8 @@ class Persister:
                 for item in items:
                     if isinstance(item, Candidate):
                         first.setdefault(item.record.record_id, item)
-                    elif isinstance(item, ClosedCandidate):
-                        closed.append(item.record_id)
+                    elif isinstance(item, UnlessCounted):
+                        closed.append(item.refusal.record_id)
             try:
                 new, counted_closed, moved = await self._write(list(first.values()), closed)
             except StorageUnavailable as exc:
@@ -203,12 +203,11 @@ class Persister:
     ) -> RecordResult:
         if isinstance(item, RecordResult):
             return item
-        if isinstance(item, ClosedCandidate):
-            if item.record_id in counted:
-                return RecordResult(item.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
-            return RecordResult(
-                item.record_id, RecordStatus.PERIOD_CLOSED, f"period {item.period} is settled"
-            )
+        if isinstance(item, UnlessCounted):
+            record_id = item.refusal.record_id
+            if record_id in counted:
+                return RecordResult(record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+            return item.refusal
         if id(item) in fresh:
             return rated[item.record.record_id]
         return RecordResult(item.record.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
