@@ -99,7 +99,7 @@ class Application:
             await db.migrate(conn)
         # One lock orders every change of SIM state: catalog and provisioning writes,
         # group commits and activations never interleave between check and commit.
-        state_lock = asyncio.Lock()
+        state_lock = self.state_lock = asyncio.Lock()
         self.engine = UsageEngine(self.cache, self.clock)
         self.engine.on_correction_rejected = self._correction_rejected
         await self._load_cache()

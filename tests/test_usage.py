@@ -3,6 +3,8 @@ rating rules and the running counters."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import grpc
@@ -245,3 +247,40 @@ async def test_a_counted_record_stays_duplicate_after_a_back_dated_termination(
         S.RECORD_STATUS_AFTER_TERMINATION,
     ]
     assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 10}
+
+
+async def test_a_batch_whose_caller_gave_up_before_its_turn_is_not_stored(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    sim = (await account_with_sims(stubs, 1))[0]
+    metric = app.metrics.registry.get_sample_value
+    cancelled = {
+        "grpc_type": "unary",
+        "grpc_service": "rating.v1.RatingService",
+        "grpc_method": "RateUsage",
+        "grpc_code": "CANCELLED",
+    }
+
+    async def until(condition: Callable[[], bool]) -> None:
+        # A bounded wait on an observable the service offers no event for; sleep(0) only
+        # yields to the event loop, it never waits for time to pass.
+        async with asyncio.timeout(10):
+            while not condition():  # noqa: ASYNC110
+                await asyncio.sleep(0)
+
+    async with app.state_lock:  # the persister takes batch A, then waits for this lock
+        first = asyncio.ensure_future(rate(stubs, record("a", sim, 1)))
+        await until(lambda: app.persister.busy)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stubs.rating.RateUsage(
+                r.RateUsageRequest(records=[record("b", sim, 100)]), timeout=0.2
+            )
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await until(lambda: metric("grpc_server_handled_total", cancelled) == 1)
+    [a] = await first
+    assert a.status == S.RECORD_STATUS_RATED
+    # B was dropped before its turn: nothing of it was stored, so it is new on retry.
+    retry = await rate(stubs, record("a", sim, 1), record("b", sim, 100))
+    assert [x.status for x in retry] == [S.RECORD_STATUS_DUPLICATE, S.RECORD_STATUS_RATED]
+    assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 101}

@@ -70,6 +70,7 @@ class Persister:
         self._state_lock = state_lock
         self._queue: asyncio.Queue[Submission] = asyncio.Queue(max_queued_batches)
         self._max_records = max_records_per_commit
+        self.busy = False  # a group is being committed
         # New records of commits whose outcome is unknown, by record id (see module doc).
         self._in_doubt: dict[str, Candidate] = {}
 
@@ -119,6 +120,13 @@ class Persister:
         self._metrics.persist_queue_depth.set(self._queue.qsize())
 
     async def commit(self, group: list[Submission]) -> None:
+        self.busy = True
+        try:
+            await self._commit(group)
+        finally:
+            self.busy = False
+
+    async def _commit(self, group: list[Submission]) -> None:
         started = time.perf_counter()
         async with self._state_lock:
             checked = [self._engine.check_all(s.records) for s in group]
