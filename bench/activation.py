@@ -37,8 +37,9 @@ import asyncpg
 import grpc
 
 from bench.context import BenchContext
+from bench.ingestion import PLAN as INGESTION_PLAN
 from bench.registry import Figure, VerificationFailed, benchmark
-from bench.workload import ROUNDING_INCREMENT, service_settings, sim_iccids
+from bench.workload import service_settings, sim_iccids
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
 from rating.v1 import clock_service_pb2 as k
@@ -64,26 +65,11 @@ IDLE_PROVISION_CALL = 10_000
 GRACE_EXPIRED = 3  # service.domain.model.BillingStartReason.GRACE_EXPIRED
 ACTIVE = 2  # service.domain.model.SimState.ACTIVE
 
-PLAN = t.Plan(
-    plan_id="bench-first-use",
-    currency="EUR",
-    subscription_fee_micros=2_000_000,
-    activation=t.Activation(
-        mode=t.ACTIVATION_MODE_FIRST_USE,
-        thresholds=[t.ActivationThreshold(usage_type=t.USAGE_TYPE_DATA, quantity=1_048_576)],
-    ),
-    billing_mode=t.BILLING_MODE_ALWAYS,
-    proration=t.PRORATION_DAILY,
-    usage_rates=[
-        t.UsageRate(
-            usage_type=t.USAGE_TYPE_DATA,
-            unit_quantity=1_048_576,
-            rounding_increment=ROUNDING_INCREMENT,
-            included_quantity=10_485_760,
-            tiers=[t.Tier(up_to_quantity=0, price_micros=100_000)],
-        )
-    ],
-)
+PLAN = t.Plan()
+PLAN.CopyFrom(INGESTION_PLAN)  # the same prices, but billing starts on first use
+PLAN.plan_id = "bench-first-use"
+PLAN.activation.mode = t.ACTIVATION_MODE_FIRST_USE
+PLAN.activation.thresholds.add(usage_type=t.USAGE_TYPE_DATA, quantity=1_048_576)
 PLAN.activation.grace_period.FromSeconds(int(GRACE.total_seconds()))
 
 
