@@ -87,6 +87,7 @@ class Candidate(NamedTuple):
     account_id: str
     period: str
     rated_quantity: int
+    rate: UsageRate | None  # the plan's rate for the record's usage type
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ class UsageEngine:
                 if rated > INT64_MAX:
                     append(RecordResult(record_id, RecordStatus.INVALID, "quantity: too large"))
                 else:
-                    append(Candidate(record, sim.account_id, period, rated))
+                    append(Candidate(record, sim.account_id, period, rated, rate))
         return checked
 
     # --- 2. billing start decisions (pure) ------------------------------------------------------
@@ -284,7 +285,7 @@ class UsageEngine:
         self, candidate: Candidate, started: Sim | None, *, estimate: bool = True
     ) -> RecordResult:
         # The ingestion hot path: one call per record, so every lookup is done once, inline.
-        record, _, period, rated = candidate
+        record, _, period, rated, rate = candidate
         usage_type, quantity, event_time = record.usage_type, record.quantity, record.event_time
         cache = self._cache
         sim = cache.sims[record.iccid]
@@ -306,7 +307,6 @@ class UsageEngine:
         charged = start is not None and event_time >= start
         charge = 0
         if charged:
-            rate = plan.rate_for(usage_type)
             if rate is not None and estimate:
                 if rate.pooled:
                     used, included = allowance_position(cache, sim, rate, period)
@@ -348,11 +348,13 @@ class UsageEngine:
             sim = self._cache.sims.get(iccid)
             if sim is None:
                 continue
+            kind = UsageType(usage_type)
             candidate = Candidate(
-                UsageRecord("", iccid, UsageType(usage_type), quantity, event_time),
+                UsageRecord("", iccid, kind, quantity, event_time),
                 sim.account_id,
                 period,
                 rated,
+                self._cache.plans[sim.plan_id].rate_for(kind),
             )
             self._count(candidate, None, estimate=False)
             count += 1

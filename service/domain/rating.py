@@ -44,7 +44,11 @@ def estimate_charge(rate: UsageRate | None, used_before: int, quantity: int, inc
     if after <= 0:
         return 0  # all inside the allowance
     before = max(0, used_before - included)
-    scaled = scaled_tier_price(after, rate.tiers) - scaled_tier_price(before, rate.tiers)
+    tiers = rate.tiers
+    if len(tiers) == 1:  # one flat price (the common plan): no walk through tiers
+        scaled = (after - before) * tiers[0].price_micros
+    else:
+        scaled = scaled_tier_price(after, tiers) - scaled_tier_price(before, tiers)
     # Half-up division of a non-negative integer: (2x + d) // 2d, no Fractions on the hot path.
     unit = rate.unit_quantity
     return min(MAX_ESTIMATE_MICROS, (2 * scaled + unit) // (2 * unit))

@@ -108,3 +108,26 @@ def test_successive_estimates_add_up_to_the_period_price(
         used += quantity
     whole = price_through_tiers(max(0, used - included), 1, TIERED.tiers)
     assert estimates == whole  # integer unit prices: no rounding drift
+
+
+@PROPERTY
+@given(
+    st.lists(st.integers(1, 10**9), min_size=0, max_size=3, unique=True),
+    st.lists(st.integers(0, 10**6), min_size=1, max_size=4),
+    st.integers(1, 10**7),
+    st.integers(0, 10**10),
+    st.integers(0, 10**10),
+    st.integers(0, 10**10),
+)
+def test_estimate_is_the_half_up_difference_of_exact_tier_prices(
+    bounds: list[int], prices: list[int], unit: int, used: int, quantity: int, included: int
+) -> None:
+    """The integer fast paths (one flat tier, scaled prices) equal the Fraction reference."""
+    tiers = tuple(Tier(b, p) for b, p in zip(sorted(bounds), prices, strict=False))
+    tiers = (*tiers, Tier(0, prices[-1]))[: max(1, min(len(prices), len(bounds) + 1))]
+    rate = data_rate(unit_quantity=unit, tiers=tiers)
+    after, before = max(0, used + quantity - included), max(0, used - included)
+    reference = round_half_up(
+        price_through_tiers(after, unit, tiers) - price_through_tiers(before, unit, tiers)
+    )
+    assert estimate_charge(rate, used, quantity, included) == (reference if quantity else 0)
