@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from bench.registry import THROUGHPUT_UNIT, Figure
 from bench.workload import Workload, batch_id, serialized_requests
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
@@ -48,6 +49,23 @@ class ClientResult:
     @property
     def records_per_second(self) -> float:
         return self.records / self.seconds
+
+    def figure(self, name: str, label: str, build_seconds: float, **details: Any) -> Figure:
+        """The throughput figure of a streamed run, with what every such run reports."""
+        return Figure(
+            name=name,
+            label=label,
+            value=self.records_per_second,
+            unit=THROUGHPUT_UNIT,
+            details={
+                "seconds": round(self.seconds, 3),
+                "records": self.records,
+                "batches": self.batches,
+                "client": "child process, pre-serialized requests",
+                "client_build_seconds": build_seconds,
+                **details,
+            },
+        )
 
 
 class StreamClient:

@@ -16,7 +16,7 @@ import grpc
 
 from bench.client import ClientResult, StreamClient
 from bench.context import BenchContext
-from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
+from bench.registry import Figure, VerificationFailed, benchmark
 from bench.workload import (
     PROVISIONED_AT,
     ROUNDING_INCREMENT,
@@ -140,21 +140,13 @@ async def ingestion(ctx: BenchContext) -> list[Figure]:
         client.close()
     progress.line(f"ingestion: {result.records_per_second:,.0f} records/s")
     return [
-        Figure(
-            name="ingestion",
-            label="StreamUsage ingestion (durably acknowledged)",
-            value=result.records_per_second,
-            unit=THROUGHPUT_UNIT,
-            details={
-                "seconds": round(result.seconds, 3),
-                "records": result.records,
-                "batches": result.batches,
-                "statuses": result.statuses,
-                "usage_records_rows": stored,
-                "client": "child process, pre-serialized requests",
-                "client_build_seconds": built["build_seconds"],
-                **commit_figures(metrics),
-                **cpu,
-            },
+        result.figure(
+            "ingestion",
+            "StreamUsage ingestion (durably acknowledged)",
+            built["build_seconds"],
+            statuses=result.statuses,
+            usage_records_rows=stored,
+            **commit_figures(metrics),
+            **cpu,
         )
     ]

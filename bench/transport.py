@@ -15,7 +15,7 @@ import grpc
 
 from bench.client import StreamClient
 from bench.context import BenchContext
-from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
+from bench.registry import Figure, VerificationFailed, benchmark
 from bench.workload import rated_quantity
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import rating_service_pb2_grpc as r_grpc
@@ -71,18 +71,10 @@ async def transport(ctx: BenchContext) -> list[Figure]:
         raise VerificationFailed(f"transport: {rated} RATED; {result.problems}")
     progress.line(f"transport: {result.records_per_second:,.0f} records/s")
     return [
-        Figure(
-            name="transport",
-            label="baseline A: no-op gRPC server (transport limit)",
-            value=result.records_per_second,
-            unit=THROUGHPUT_UNIT,
-            details={
-                "seconds": round(result.seconds, 3),
-                "records": result.records,
-                "batches": result.batches,
-                "client": "child process, pre-serialized requests",
-                "client_build_seconds": built["build_seconds"],
-                **cpu,
-            },
+        result.figure(
+            "transport",
+            "baseline A: no-op gRPC server (transport limit)",
+            built["build_seconds"],
+            **cpu,
         )
     ]
