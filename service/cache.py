@@ -14,6 +14,7 @@ from datetime import datetime
 
 from service.domain.model import (
     Account,
+    ActivationMode,
     Plan,
     Sim,
     SimPeriodFacts,
@@ -78,6 +79,7 @@ _NO_USAGE = SimUsage()
 class StateCache:
     def __init__(self) -> None:
         self.plans: dict[str, Plan] = {}
+        self.first_use_plans: set[str] = set()  # ids of the plans that bill on first use
         self.accounts: dict[str, Account] = {}
         self.sims: dict[str, Sim] = {}
         self.sims_by_account: defaultdict[str, set[str]] = defaultdict(set)
@@ -146,6 +148,10 @@ class StateCache:
 
     def put_plan(self, plan: Plan) -> None:
         self.plans[plan.plan_id] = plan
+        if plan.activation_mode is ActivationMode.FIRST_USE:
+            self.first_use_plans.add(plan.plan_id)
+        else:
+            self.first_use_plans.discard(plan.plan_id)
 
     def put_account(self, account: Account) -> None:
         self.accounts[account.account_id] = account

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from service.domain.model import (
     Account,
     ActivationMode,
     BillingStartReason,
+    Plan,
     Sim,
     SimState,
     UsageRate,
@@ -45,6 +47,7 @@ MAX_RECORD_ID_LENGTH = 128
 MAX_SESSION_ID_LENGTH = 128
 FUTURE_TOLERANCE = timedelta(minutes=5)
 INT64_MAX = 2**63 - 1
+REBUILD_CHUNK = 10_000  # records recounted at a time at start
 
 
 class RecordStatus(enum.IntEnum):
@@ -59,6 +62,7 @@ class RecordStatus(enum.IntEnum):
 
 
 RATED = RecordStatus.RATED  # enum member lookups are slow on the hot path
+_USAGE_TYPES = {t.value: t for t in UsageType}
 
 
 class RecordResult(NamedTuple):
@@ -81,13 +85,21 @@ class InvalidRecord:
 
 
 class Candidate(NamedTuple):
-    """A record that passed every check and waits for its commit."""
+    """A record that passed every check and waits for its commit.
 
-    record: UsageRecord
-    account_id: str
-    period: str
+    It is the record's usage_records row: the fields are the table's columns in order
+    (`repository.USAGE_COLUMNS`), so the persister COPYs candidates as they are.
+    """
+
+    record_id: str
+    iccid: str
+    usage_type: UsageType
+    quantity: int
     rated_quantity: int
-    rate: UsageRate | None  # the plan's rate for the record's usage type
+    event_time: datetime
+    session_id: str
+    period: str  # the account period of event_time
+    received_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,18 +123,23 @@ class PeriodLookup:
         self._known: dict[str, tuple[Account, list[tuple[datetime, datetime, str]]]] = {}
 
     def name(self, account: Account, instant: datetime) -> str:
+        return self.find(account, instant)[2]
+
+    def find(self, account: Account, instant: datetime) -> tuple[datetime, datetime, str]:
+        """(start, end, name) of the account's period containing `instant`."""
         entry = self._known.get(account.account_id)
         if entry is None or entry[0] is not account:
             entry = self._known[account.account_id] = (account, [])
         known = entry[1]
-        for start, end, name in known:
-            if start <= instant < end:
-                return name
+        for bounds in known:
+            if bounds[0] <= instant < bounds[1]:
+                return bounds
         period = period_containing(instant, account.timezone, account.billing_day)
-        known.append((period.start, period.end, period.name))
+        bounds = (period.start, period.end, period.name)
+        known.append(bounds)
         if len(known) > 24:
             del known[0]
-        return period.name
+        return bounds
 
 
 class UsageEngine:
@@ -139,29 +156,41 @@ class UsageEngine:
         """Answer each record now, or make it a Candidate to commit (or UnlessCounted)."""
         cache = self._cache
         sims, accounts, plans, settled = cache.sims, cache.accounts, cache.plans, cache.settled
-        period_name = self.periods.name
-        latest = self._clock.now() + FUTURE_TOLERANCE
+        find_period = self.periods.find
+        received_at = self._clock.now()
+        latest = received_at + FUTURE_TOLERANCE
+        new = tuple.__new__
+        # The ingestion hot path. Records of a batch mostly share an account period and a
+        # plan rate: the last ones found are tried first, with identity tests only.
+        last_account: Account | None = None
+        period_start = period_end = received_at
+        period = ""
+        last_plan: Plan | None = None
+        last_type: UsageType | None = None
+        rate: UsageRate | None = None
         checked: list[Checked] = []
         append = checked.append
         for record in records:
-            if isinstance(record, InvalidRecord):
+            if type(record) is InvalidRecord:
                 append(
                     RecordResult(
                         record.record_id, RecordStatus.INVALID, f"{record.field}: {record.problem}"
                     )
                 )
                 continue
-            record_id, event_time = record.record_id, record.event_time
-            sim = sims.get(record.iccid)
+            record_id, iccid, usage_type, quantity, event_time, session_id = record  # type: ignore[misc]
+            sim = sims.get(iccid)
             if sim is None:
-                append(RecordResult(record_id, RecordStatus.UNKNOWN_SIM, f"iccid {record.iccid!r}"))
-            elif event_time > latest:
+                append(RecordResult(record_id, RecordStatus.UNKNOWN_SIM, f"iccid {iccid!r}"))
+                continue
+            if event_time > latest:
                 append(
                     RecordResult(
                         record_id, RecordStatus.FUTURE_EVENT, "event_time more than 5 minutes ahead"
                     )
                 )
-            elif event_time < sim.provisioned_at:
+                continue
+            if event_time < sim.provisioned_at:
                 append(
                     RecordResult(
                         record_id,
@@ -169,7 +198,8 @@ class UsageEngine:
                         "event_time before provisioned_at",
                     )
                 )
-            elif sim.terminated_at is not None and event_time >= sim.terminated_at:
+                continue
+            if sim.terminated_at is not None and event_time >= sim.terminated_at:
                 append(
                     UnlessCounted(
                         RecordResult(
@@ -179,57 +209,75 @@ class UsageEngine:
                         )
                     )
                 )
-            else:
-                period = period_name(accounts[sim.account_id], event_time)
-                if settled and (sim.account_id, period) in settled:
-                    append(
-                        UnlessCounted(
-                            RecordResult(
-                                record_id, RecordStatus.PERIOD_CLOSED, f"period {period} is settled"
-                            )
+                continue
+            account = accounts[sim.account_id]
+            if account is not last_account or not period_start <= event_time < period_end:
+                period_start, period_end, period = find_period(account, event_time)
+                last_account = account
+            if settled and (sim.account_id, period) in settled:
+                append(
+                    UnlessCounted(
+                        RecordResult(
+                            record_id, RecordStatus.PERIOD_CLOSED, f"period {period} is settled"
                         )
                     )
-                    continue
-                rate = plans[sim.plan_id].rate_for(record.usage_type)
-                rated = rated_quantity(record.quantity, rate)
-                if rated > INT64_MAX:
-                    append(RecordResult(record_id, RecordStatus.INVALID, "quantity: too large"))
-                else:
-                    append(Candidate(record, sim.account_id, period, rated, rate))
+                )
+                continue
+            plan = plans[sim.plan_id]
+            if plan is not last_plan or usage_type is not last_type:
+                rate = plan.rate_for(usage_type)
+                last_plan, last_type = plan, usage_type
+            rated = rated_quantity(quantity, rate)
+            if rated > INT64_MAX:
+                append(RecordResult(record_id, RecordStatus.INVALID, "quantity: too large"))
+                continue
+            row = (
+                record_id,
+                iccid,
+                usage_type,
+                quantity,
+                rated,
+                event_time,
+                session_id,
+                period,
+                received_at,
+            )
+            append(new(Candidate, row))  # a NamedTuple's own __new__ is 3x slower
         return checked
 
     # --- 2. billing start decisions (pure) ------------------------------------------------------
 
     def plan_starts(self, candidates: Sequence[Candidate]) -> dict[str, Sim]:
         """SIMs whose billing start the candidates move, with their new state."""
+        cache = self._cache
+        if not cache.first_use_plans:
+            return {}  # billing starts move only on FIRST_USE plans
+        sims, first_use_plans = cache.sims, cache.first_use_plans
         touched: dict[str, list[Candidate]] = {}
         for candidate in candidates:
-            sim = self._cache.sims[candidate.record.iccid]
-            if self._cache.plans[sim.plan_id].activation_mode is ActivationMode.FIRST_USE:
-                touched.setdefault(sim.iccid, []).append(candidate)
+            sim = sims[candidate.iccid]
+            if sim.plan_id in first_use_plans:
+                start = sim.billing_started_at
+                if start is None or candidate.event_time < start:
+                    touched.setdefault(sim.iccid, []).append(candidate)
         changed: dict[str, Sim] = {}
-        for iccid, new in touched.items():
-            sim = self._cache.sims[iccid]
-            started = self._decide(sim, new)
+        for iccid, early in touched.items():
+            started = self._decide(sims[iccid], early)
             if started is not None:
                 changed[iccid] = started
         return changed
 
-    def _decide(self, sim: Sim, new: Sequence[Candidate]) -> Sim | None:
+    def _decide(self, sim: Sim, early: Sequence[Candidate]) -> Sim | None:
+        """The SIM with an earlier billing start, if `early` (records before its current start,
+        if any) move it."""
         start = sim.billing_started_at
-        early = [
-            (c.record.event_time, c.record.usage_type, c.record.quantity)
-            for c in new
-            if start is None or c.record.event_time < start
-        ]
-        if not early:
-            return None
         plan = self._cache.plans[sim.plan_id]
         known = [
             (u.event_time, u.usage_type, u.quantity)
             for u in self._cache.usage_of(sim.iccid).uncharged
         ]
-        first_use = first_use_time(plan.thresholds, [*known, *early])
+        new = [(c.event_time, c.usage_type, c.quantity) for c in early]
+        first_use = first_use_time(plan.thresholds, [*known, *new])
         decided = decide_billing_start(plan, sim.provisioned_at, first_use, self._clock.now())
         if decided is None or (start is not None and decided[0] >= start):
             return None
@@ -255,9 +303,7 @@ class UsageEngine:
         """Count committed records and install moved billing starts; one result per candidate."""
         for sim in started.values():
             self.install_start(sim)
-        if not started:  # the common case: no billing start moved
-            return [self._count(c, None) for c in candidates]
-        return [self._count(c, started.get(c.record.iccid)) for c in candidates]
+        return self._count(candidates, started, estimate=True)
 
     def install_start(self, sim: Sim) -> None:
         """Install a new (earlier) billing start: uncharged records from it on become charged."""
@@ -282,47 +328,71 @@ class UsageEngine:
         self._cache.put_sims([sim])
 
     def _count(
-        self, candidate: Candidate, started: Sim | None, *, estimate: bool = True
-    ) -> RecordResult:
-        # The ingestion hot path: one call per record, so every lookup is done once, inline.
-        record, _, period, rated, rate = candidate
-        usage_type, quantity, event_time = record.usage_type, record.quantity, record.event_time
+        self, candidates: Iterable[Candidate], started: dict[str, Sim], *, estimate: bool
+    ) -> list[RecordResult]:
+        # The ingestion hot path: one loop for the group, every lookup done once, inline.
         cache = self._cache
-        sim = cache.sims[record.iccid]
-        plan = cache.plans[sim.plan_id]
-        usage = cache.usage.get(record.iccid)
-        if usage is None:
-            usage = cache.usage[record.iccid] = SimUsage()
-        lifetime = usage.lifetime_raw
-        lifetime[usage_type] = lifetime.get(usage_type, 0) + quantity
-        by_type = usage.periods.get(period)
-        if by_type is None:
-            by_type = usage.periods[period] = {}
-        counters = by_type.get(usage_type)
-        if counters is None:
-            counters = by_type[usage_type] = UsageCounters()
-        counters.raw_quantity += quantity
-        counters.records += 1
-        start = sim.billing_started_at
-        charged = start is not None and event_time >= start
-        charge = 0
-        if charged:
-            if rate is not None and estimate:
-                if rate.pooled:
-                    used, included = allowance_position(cache, sim, rate, period)
-                else:
+        sims, plans, usage_by_sim, pool_used = cache.sims, cache.plans, cache.usage, cache.pool_used
+        first_use, first_use_start = ActivationMode.FIRST_USE, BillingStartReason.FIRST_USE
+        new = tuple.__new__
+        last_plan: Plan | None = None
+        last_type: UsageType | None = None
+        rate: UsageRate | None = None
+        results: list[RecordResult] = []
+        append = results.append
+        for record_id, iccid, usage_type, quantity, rated, event_time, _, period, _ in candidates:
+            sim = sims[iccid]
+            plan = plans[sim.plan_id]
+            if plan is not last_plan or usage_type is not last_type:
+                rate = plan.rate_for(usage_type)
+                last_plan, last_type = plan, usage_type
+            usage = usage_by_sim.get(iccid)
+            if usage is None:
+                usage = usage_by_sim[iccid] = SimUsage()
+            lifetime = usage.lifetime_raw
+            lifetime[usage_type] = lifetime.get(usage_type, 0) + quantity
+            by_type = usage.periods.get(period)
+            if by_type is None:
+                by_type = usage.periods[period] = {}
+            counters = by_type.get(usage_type)
+            if counters is None:
+                counters = by_type[usage_type] = UsageCounters()
+            counters.raw_quantity += quantity
+            counters.records += 1
+            start = sim.billing_started_at
+            charge = 0
+            if start is not None and event_time >= start:
+                charged = True
+                if rate is None:
+                    pass  # not priced: counted as charged usage at no price
+                elif rate.pooled:
+                    if estimate:
+                        used, included = allowance_position(cache, sim, rate, period)
+                        if used + rated > included:  # else all inside the allowance
+                            charge = estimate_charge(rate, used, rated, included)
+                    pool_used[(sim.account_id, sim.plan_id, period, usage_type)] += rated
+                elif estimate:
                     used, included = counters.charged_rated_quantity, rate.included_quantity
-                if used + rated > included:  # else all inside the allowance: no charge
-                    charge = estimate_charge(rate, used, rated, included)
-            self._charge(sim, counters, period, rate, quantity, rated)
-        elif plan.activation_mode is ActivationMode.FIRST_USE:
-            usage.uncharged.append(UnchargedRecord(event_time, usage_type, quantity, rated, period))
-        started_billing = (
-            started is not None
-            and started.billing_start_reason is BillingStartReason.FIRST_USE
-            and event_time == started.billing_started_at
-        )
-        return RecordResult(record.record_id, RATED, "", rated, charged, charge, started_billing)
+                    if used + rated > included:
+                        charge = estimate_charge(rate, used, rated, included)
+                counters.charged_rated_quantity += rated
+                counters.charged_raw_quantity += quantity
+                counters.charged_records += 1
+            else:
+                charged = False
+                if plan.activation_mode is first_use:
+                    usage.uncharged.append(
+                        UnchargedRecord(event_time, usage_type, quantity, rated, period)
+                    )
+            moved = started.get(iccid) if started else None
+            started_billing = (
+                moved is not None
+                and moved.billing_start_reason is first_use_start
+                and event_time == moved.billing_started_at
+            )
+            result = (record_id, RATED, "", rated, charged, charge, started_billing)
+            append(new(RecordResult, result))  # a NamedTuple's own __new__ is 3x slower
+        return results
 
     def _charge(
         self,
@@ -343,21 +413,16 @@ class UsageEngine:
 
     def rebuild(self, rows: Iterable[tuple[str, int, int, int, datetime, str]]) -> int:
         """Recount committed records (iccid, usage_type, quantity, rated, event_time, period)."""
+        sims, kinds = self._cache.sims, _USAGE_TYPES
+        candidates = (
+            Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period, event_time)
+            for iccid, kind, quantity, rated, event_time, period in rows
+            if iccid in sims
+        )
         count = 0
-        for iccid, usage_type, quantity, rated, event_time, period in rows:
-            sim = self._cache.sims.get(iccid)
-            if sim is None:
-                continue
-            kind = UsageType(usage_type)
-            candidate = Candidate(
-                UsageRecord("", iccid, kind, quantity, event_time),
-                sim.account_id,
-                period,
-                rated,
-                self._cache.plans[sim.plan_id].rate_for(kind),
-            )
-            self._count(candidate, None, estimate=False)
-            count += 1
+        while chunk := list(itertools.islice(candidates, REBUILD_CHUNK)):
+            self._count(chunk, {}, estimate=False)
+            count += len(chunk)
         return count
 
 

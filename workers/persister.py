@@ -130,58 +130,65 @@ class Persister:
         started = time.perf_counter()
         async with self._state_lock:
             checked = [self._engine.check_all(s.records) for s in group]
+            # The first candidate of each id; a later one in the group is a DUPLICATE.
             first: dict[str, Candidate] = {}
             closed: list[str] = []
             for items in checked:
                 for item in items:
-                    if isinstance(item, Candidate):
-                        first.setdefault(item.record.record_id, item)
-                    elif isinstance(item, UnlessCounted):
+                    if type(item) is Candidate:
+                        if item.record_id not in first:
+                            first[item.record_id] = item
+                    elif type(item) is UnlessCounted:
                         closed.append(item.refusal.record_id)
             try:
-                new, counted_closed, moved = await self._write(list(first.values()), closed)
+                new, counted_closed, moved = await self._write(first, closed)
             except StorageUnavailable as exc:
                 self._fail(group, exc)
                 return
-            rated = dict(
-                zip((c.record.record_id for c in new), self._engine.apply(new, moved), strict=True)
-            )
-        self._count_quantities(new)
-        fresh = {id(c) for c in new}
+            results = self._engine.apply(new, moved)
+        # By the identity of the candidate objects: a repeated id's later copies are not in it.
+        rated = dict(zip(map(id, new), results, strict=True))
+        by_status: dict[RecordStatus, int] = {RecordStatus.RATED: len(new)} if new else {}
         for submission, items in zip(group, checked, strict=True):
-            results = [self._answer(item, rated, fresh, counted_closed) for item in items]
+            answers = self._answers(items, rated, counted_closed, by_status)
             if not submission.future.done():
-                submission.future.set_result(results)
-            self._count_results(results)
-        records = sum(len(items) for items in checked)
-        self._metrics.persist_batch_records.observe(records)
+                submission.future.set_result(answers)
+        self._count_quantities(new)
+        for status, count in by_status.items():
+            self._metrics.usage_records.labels(status.name).inc(count)
+        self._metrics.persist_batch_records.observe(sum(len(items) for items in checked))
         self._metrics.persist_batch_seconds.observe(time.perf_counter() - started)
 
     async def _write(
-        self, candidates: list[Candidate], closed: list[str]
+        self, first: dict[str, Candidate], closed: list[str]
     ) -> tuple[list[Candidate], set[str], dict[str, Sim]]:
+        """Commit the new ones of `first` (candidates by id) with the billing starts they
+        move; return them, the `closed` ids counted before, and the moved SIMs."""
         new: list[Candidate] = []
         committing = False
         try:
             async with repository.transaction(self._pool) as conn:
                 # Before the insert: a record stored by an in-doubt commit is not new now.
                 recovered = await self._recover_in_doubt(conn)
-                inserted = (
-                    await repository.insert_usage(conn, candidates, self._clock.now())
+                candidates = list(first.values())
+                seen = (
+                    await repository.insert_usage(conn, candidates, list(first))
                     if candidates
                     else set()
                 )
                 counted_closed = (
                     await repository.known_record_ids(conn, closed) if closed else set()
                 )
-                new = recovered + [c for c in candidates if c.record.record_id in inserted]
+                if seen:
+                    candidates = [c for c in candidates if c.record_id not in seen]
+                new = recovered + candidates if recovered else candidates
                 moved = self._engine.plan_starts(new)
                 if moved:
                     await repository.update_sims(conn, moved.values())
                 committing = True  # leaving this block sends COMMIT
         except (asyncpg.PostgresError, StorageUnavailable) as exc:
             if committing:
-                self._in_doubt.update((c.record.record_id, c) for c in new)
+                self._in_doubt.update((c.record_id, c) for c in new)
                 log.warning("group commit outcome unknown; records kept in doubt", records=len(new))
             if isinstance(exc, StorageUnavailable):
                 raise
@@ -206,31 +213,39 @@ class Persister:
                 submission.future.set_exception(StorageUnavailable(str(exc)))
 
     @staticmethod
-    def _answer(
-        item: Checked, rated: dict[str, RecordResult], fresh: set[int], counted: set[str]
-    ) -> RecordResult:
-        if isinstance(item, RecordResult):
-            return item
-        if isinstance(item, UnlessCounted):
-            record_id = item.refusal.record_id
-            if record_id in counted:
-                return RecordResult(record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
-            return item.refusal
-        if id(item) in fresh:
-            return rated[item.record.record_id]
-        return RecordResult(item.record.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+    def _answers(
+        items: list[Checked],
+        rated: dict[int, RecordResult],
+        counted: set[str],
+        by_status: dict[RecordStatus, int],
+    ) -> list[RecordResult]:
+        """A submission's results in order; counts the statuses of those not in `rated`."""
+        answers: list[RecordResult] = []
+        append = answers.append
+        for item in items:
+            result: RecordResult
+            if type(item) is Candidate:
+                committed = rated.get(id(item))
+                if committed is not None:  # counted in by_status already
+                    append(committed)
+                    continue
+                result = RecordResult(item.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+            elif type(item) is UnlessCounted:
+                record_id = item.refusal.record_id
+                if record_id in counted:
+                    result = RecordResult(record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
+                else:
+                    result = item.refusal
+            else:
+                result = item  # type: ignore[assignment]
+            by_status[result.status] = by_status.get(result.status, 0) + 1
+            append(result)
+        return answers
 
     def _count_quantities(self, new: list[Candidate]) -> None:
         by_type: dict[UsageType, int] = {}
         for candidate in new:
-            usage_type = candidate.record.usage_type
-            by_type[usage_type] = by_type.get(usage_type, 0) + candidate.record.quantity
+            usage_type = candidate.usage_type
+            by_type[usage_type] = by_type.get(usage_type, 0) + candidate.quantity
         for usage_type, quantity in by_type.items():
             self._metrics.usage_quantity.labels(usage_type.name).inc(quantity)
-
-    def _count_results(self, results: list[RecordResult]) -> None:
-        by_status: dict[RecordStatus, int] = {}
-        for result in results:
-            by_status[result.status] = by_status.get(result.status, 0) + 1
-        for status, count in by_status.items():
-            self._metrics.usage_records.labels(status.name).inc(count)

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from rating.v1 import rating_service_pb2 as pb
 from rating.v1 import rating_service_pb2_grpc as pb_grpc
+from rating.v1 import types_pb2 as types_pb
 from service.api import convert
 from service.api.status import sim_status_to_proto
 from service.authorize import authorize
 from service.cache import StateCache
 from service.clock import Clock
-from service.domain.model import UsageType
+from service.domain.model import UsageRecord, UsageType
 from service.errors import InvalidArgument, Overloaded
 from service.status import sim_view
-from service.usage import PeriodLookup, RecordResult
+from service.usage import InvalidRecord, PeriodLookup, RecordResult
 from workers.persister import Persister
 
 MAX_RECORDS_PER_BATCH = 10_000
@@ -25,11 +26,12 @@ MAX_RECORDS_PER_BATCH = 10_000
 STREAM_WINDOW = 8
 
 
-def _checked_records(records: object) -> list[object]:
-    converted = [convert.record_from_proto(r) for r in records]  # type: ignore[attr-defined]
-    if len(converted) > MAX_RECORDS_PER_BATCH:
+def _checked_records(
+    records: Sequence[types_pb.UsageRecord],
+) -> list[UsageRecord | InvalidRecord]:
+    if len(records) > MAX_RECORDS_PER_BATCH:
         raise InvalidArgument("records", f"at most {MAX_RECORDS_PER_BATCH} per batch")
-    return converted  # type: ignore[return-value]
+    return convert.records_from_proto(records)
 
 
 class RatingServicer(pb_grpc.RatingServiceServicer):
@@ -79,7 +81,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self, request: pb.RateUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.RateUsageResponse:
         records = _checked_records(request.records)
-        results = await self._persister.submit(records, wait=False)  # type: ignore[arg-type]
+        results = await self._persister.submit(records, wait=False)
         response = pb.RateUsageResponse()
         convert.add_results(response.results, results)
         return response
@@ -110,9 +112,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         async def read() -> None:
             async for batch in request_iterator:
                 records = _checked_records(batch.records)
-                submitted = asyncio.ensure_future(
-                    self._persister.submit(records, wait=True)  # type: ignore[arg-type]
-                )
+                submitted = asyncio.ensure_future(self._persister.submit(records, wait=True))
                 await in_flight.put((batch.batch_id, submitted))
             await in_flight.put(None)
 
