@@ -42,7 +42,7 @@ from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
 from service.auth import Authenticator
 from service.billing import Billing
-from service.cache import StateCache
+from service.cache import StateCache, StateLock
 from service.catalog import Catalog
 from service.clock import Clock, SystemClock, TestClock
 from service.domain.model import ActivationMode, Sim, SimState
@@ -99,7 +99,7 @@ class Application:
             await db.migrate(conn)
         # One lock orders every change of SIM state: catalog and provisioning writes,
         # group commits and activations never interleave between check and commit.
-        state_lock = self.state_lock = asyncio.Lock()
+        state_lock = self.state_lock = StateLock()
         self.engine = UsageEngine(self.cache, self.clock)
         self.engine.on_correction_rejected = self._correction_rejected
         await self._load_cache()

@@ -13,7 +13,6 @@ period can no longer change, so there is nothing else to preview.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +21,7 @@ import asyncpg
 import structlog
 
 from service import repository
-from service.cache import StateCache
+from service.cache import StateCache, StateLock
 from service.clock import Clock
 from service.domain.model import Account, Invoice, Period
 from service.domain.periods import period_containing, period_named
@@ -46,7 +45,7 @@ class Billing:
         cache: StateCache,
         clock: Clock,
         metrics: Metrics,
-        state_lock: asyncio.Lock,
+        state_lock: StateLock,
     ) -> None:
         self._pool = pool
         self._cache = cache

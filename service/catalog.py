@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 
 from service import repository
-from service.cache import StateCache
+from service.cache import StateCache, StateLock
 from service.clock import Clock
 from service.domain.catalog import validate_account, validate_plan
 from service.domain.model import Account, Plan
@@ -16,7 +14,7 @@ from service.errors import AlreadyExists, FailedPrecondition
 
 class Catalog:
     def __init__(
-        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: asyncio.Lock
+        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: StateLock
     ) -> None:
         self._pool = pool
         self._cache = cache

@@ -12,7 +12,6 @@ again (which would be a unique violation, and the retry would never succeed).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from service import repository
-from service.cache import StateCache
+from service.cache import StateCache, StateLock
 from service.clock import Clock
 from service.domain.iccid import iccid_problem
 from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
@@ -50,7 +49,7 @@ class ProvisionResult:
 
 class Provisioning:
     def __init__(
-        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: asyncio.Lock
+        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: StateLock
     ) -> None:
         self._pool = pool
         self._cache = cache

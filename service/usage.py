@@ -301,8 +301,16 @@ class UsageEngine:
 
     def apply(self, candidates: Sequence[Candidate], started: dict[str, Sim]) -> list[RecordResult]:
         """Count committed records and install moved billing starts; one result per candidate."""
+        self.install_starts(started)
+        return self.count(candidates, started)
+
+    def install_starts(self, started: dict[str, Sim]) -> None:
         for sim in started.values():
             self.install_start(sim)
+
+    def count(self, candidates: Sequence[Candidate], started: dict[str, Sim]) -> list[RecordResult]:
+        """Count committed records (after install_starts of the `started` their group moved);
+        one result per candidate. A group may be counted in several calls, in order."""
         return self._count(candidates, started, estimate=True)
 
     def install_start(self, sim: Sim) -> None:
@@ -349,14 +357,11 @@ class UsageEngine:
             usage = usage_by_sim.get(iccid)
             if usage is None:
                 usage = usage_by_sim[iccid] = SimUsage()
-            lifetime = usage.lifetime_raw
-            lifetime[usage_type] = lifetime.get(usage_type, 0) + quantity
-            by_type = usage.periods.get(period)
-            if by_type is None:
-                by_type = usage.periods[period] = {}
-            counters = by_type.get(usage_type)
-            if counters is None:
-                counters = by_type[usage_type] = UsageCounters()
+            last = usage.last  # SimUsage.counters(), inlined for its common case
+            if last is not None and last[0] == period and last[1] is usage_type:
+                counters = last[2]
+            else:
+                counters = usage.counters(period, usage_type)
             counters.raw_quantity += quantity
             counters.records += 1
             start = sim.billing_started_at

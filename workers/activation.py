@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from service import repository
-from service.cache import StateCache
+from service.cache import StateCache, StateLock
 from service.clock import Clock
 from service.domain.activation import activation_deadline
 from service.domain.model import BillingStartReason, Sim
@@ -41,7 +41,7 @@ class ActivationWorker:
         engine: UsageEngine,
         clock: Clock,
         metrics: Metrics,
-        state_lock: asyncio.Lock,
+        state_lock: StateLock,
     ) -> None:
         self._pool = pool
         self._cache = cache

@@ -2,11 +2,19 @@
 
 Callers `submit` a batch and wait for its results. The worker takes whatever batches are
 queued (up to a record bound), checks them against the cache, and commits all new records
-in ONE transaction (one array INSERT ... ON CONFLICT DO NOTHING), together with any billing
-start the records moved. Only after the commit does it update the cache and answer the
+in ONE transaction (an id look-up, then one COPY), together with any billing start the
+records moved. Only after the commit does it count them in the cache and answer the
 callers, so an acknowledged record is always in PostgreSQL. If the commit fails, every
 caller of the group gets `StorageUnavailable` and nothing is counted: retrying is safe
 because record ids are idempotency keys.
+
+Pipelining: a committed group is counted while the NEXT group is being written. Counting
+runs in chunks that yield to the event loop, so it proceeds while PostgreSQL looks up and
+stores the next group, instead of after it. The next group's billing start decisions wait
+for the counting to finish (they depend on the counted records). A group left counted
+only in part when the persister releases the state lock is finished by whoever enters the
+lock next (`StateLock.on_enter`), or by the persister itself as soon as its queue is empty,
+so callers never wait for more traffic to get their answers.
 
 A commit can also fail after COMMIT was sent (the server stopped or the connection broke
 before its answer arrived): then the group may be stored after all. Its new records are
@@ -20,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
 
 from service import repository
+from service.cache import StateLock
 from service.clock import Clock
 from service.domain.model import Sim, UsageRecord, UsageType
 from service.errors import Overloaded, StorageUnavailable
@@ -43,12 +52,28 @@ from service.usage import (
 log = structlog.get_logger("persister")
 
 DUPLICATE_DETAIL = "record_id seen before"
+# Records counted between two yields to the event loop while the next group is written.
+COUNT_CHUNK = 2_000
 
 
 @dataclass(slots=True)
 class Submission:
     records: Sequence[UsageRecord | InvalidRecord]
     future: asyncio.Future[list[RecordResult]]
+
+
+@dataclass(slots=True)
+class Committed:
+    """A committed group, counted in the cache up to `position` of `new`."""
+
+    group: list[Submission]
+    checked: list[list[Checked]]
+    new: list[Candidate]  # stored by this commit, in order
+    counted_closed: set[str]  # ids refused as closed that were stored before
+    moved: dict[str, Sim]  # billing starts the group moved
+    started: float  # perf_counter() when the group was taken
+    position: int = 0
+    results: list[RecordResult] = field(default_factory=list)  # of new[:position]
 
 
 class Persister:
@@ -58,7 +83,7 @@ class Persister:
         engine: UsageEngine,
         clock: Clock,
         metrics: Metrics,
-        state_lock: asyncio.Lock,
+        state_lock: StateLock,
         *,
         max_queued_batches: int,
         max_records_per_commit: int,
@@ -73,6 +98,8 @@ class Persister:
         self.busy = False  # a group is being committed
         # New records of commits whose outcome is unknown, by record id (see module doc).
         self._in_doubt: dict[str, Candidate] = {}
+        self._pending: Committed | None = None  # committed, not fully counted yet
+        state_lock.on_enter = self._count_all_pending
 
     async def submit(
         self, records: Sequence[UsageRecord | InvalidRecord], *, wait: bool
@@ -95,17 +122,22 @@ class Persister:
 
     async def run(self) -> None:
         while True:
+            if self._pending is not None and self._queue.empty():
+                async with self._state_lock:  # entering counts the pending group
+                    pass
             group = [await self._queue.get()]
             self._take_queued(group)
             if group:
                 await self.commit(group)
 
     async def run_once(self) -> int:
-        """Commit what is queued now (tests); returns the number of batches committed."""
+        """Commit and count what is queued now (tests); returns the batches committed."""
         group: list[Submission] = []
         self._take_queued(group)
         if group:
             await self.commit(group)
+        async with self._state_lock:
+            pass
         return len(group)
 
     def _take_queued(self, group: list[Submission]) -> None:
@@ -128,7 +160,7 @@ class Persister:
 
     async def _commit(self, group: list[Submission]) -> None:
         started = time.perf_counter()
-        async with self._state_lock:
+        async with self._state_lock.held_without_on_enter():
             checked = [self._engine.check_all(s.records) for s in group]
             # The first candidate of each id; a later one in the group is a DUPLICATE.
             first: dict[str, Candidate] = {}
@@ -140,30 +172,73 @@ class Persister:
                             first[item.record_id] = item
                     elif type(item) is UnlessCounted:
                         closed.append(item.refusal.record_id)
+            counting = (
+                asyncio.ensure_future(self._count_pending_gradually())
+                if self._pending is not None
+                else None
+            )
             try:
-                new, counted_closed, moved = await self._write(first, closed)
+                new, counted_closed, moved = await self._write(first, closed, counting)
             except StorageUnavailable as exc:
                 self._fail(group, exc)
                 return
-            results = self._engine.apply(new, moved)
+            finally:
+                if counting is not None and not counting.done():
+                    counting.cancel()  # what is left is counted by the next one to enter
+            assert self._pending is None, "the previous group was counted before plan_starts"
+            self._pending = Committed(group, checked, new, counted_closed, moved, started)
+
+    async def _count_pending_gradually(self) -> None:
+        while True:
+            if self._count_pending(COUNT_CHUNK):
+                return
+            await asyncio.sleep(0)  # let the event loop serve PostgreSQL, gRPC and callers
+
+    def _count_all_pending(self) -> None:
+        self._count_pending(None)
+
+    def _count_pending(self, limit: int | None = None) -> bool:
+        """Count up to `limit` more records of the pending group (all of it if None). Once
+        all are counted, answer its callers. True when nothing is pending any more."""
+        pending = self._pending
+        if pending is None:
+            return True
+        if pending.position == 0:
+            self._engine.install_starts(pending.moved)
+        end = len(pending.new) if limit is None else pending.position + limit
+        chunk = pending.new[pending.position : end]
+        pending.results += self._engine.count(chunk, pending.moved)
+        pending.position += len(chunk)
+        if pending.position < len(pending.new):
+            return False
+        self._pending = None
+        self._answer(pending)
+        return True
+
+    def _answer(self, committed: Committed) -> None:
+        new = committed.new
         # By the identity of the candidate objects: a repeated id's later copies are not in it.
-        rated = dict(zip(map(id, new), results, strict=True))
+        rated = dict(zip(map(id, new), committed.results, strict=True))
         by_status: dict[RecordStatus, int] = {RecordStatus.RATED: len(new)} if new else {}
-        for submission, items in zip(group, checked, strict=True):
-            answers = self._answers(items, rated, counted_closed, by_status)
+        for submission, items in zip(committed.group, committed.checked, strict=True):
+            answers = self._answers(items, rated, committed.counted_closed, by_status)
             if not submission.future.done():
                 submission.future.set_result(answers)
         self._count_quantities(new)
         for status, count in by_status.items():
             self._metrics.usage_records.labels(status.name).inc(count)
-        self._metrics.persist_batch_records.observe(sum(len(items) for items in checked))
-        self._metrics.persist_batch_seconds.observe(time.perf_counter() - started)
+        self._metrics.persist_batch_records.observe(sum(len(i) for i in committed.checked))
+        self._metrics.persist_batch_seconds.observe(time.perf_counter() - committed.started)
 
     async def _write(
-        self, first: dict[str, Candidate], closed: list[str]
+        self,
+        first: dict[str, Candidate],
+        closed: list[str],
+        counting: asyncio.Future[None] | None,
     ) -> tuple[list[Candidate], set[str], dict[str, Sim]]:
         """Commit the new ones of `first` (candidates by id) with the billing starts they
-        move; return them, the `closed` ids counted before, and the moved SIMs."""
+        move; return them, the `closed` ids counted before, and the moved SIMs. `counting`
+        (the previous group's) must end before billing starts are decided."""
         new: list[Candidate] = []
         committing = False
         try:
@@ -182,6 +257,8 @@ class Persister:
                 if seen:
                     candidates = [c for c in candidates if c.record_id not in seen]
                 new = recovered + candidates if recovered else candidates
+                if counting is not None:
+                    await counting
                 moved = self._engine.plan_starts(new)
                 if moved:
                     await repository.update_sims(conn, moved.values())

@@ -23,7 +23,7 @@ from workers.persister import Persister
 
 MAX_RECORDS_PER_BATCH = 10_000
 # Batches of one stream in flight (read ahead, not yet acknowledged).
-STREAM_WINDOW = 8
+STREAM_WINDOW = 16
 
 
 def _checked_records(
