@@ -21,6 +21,7 @@ from bench.registry import Figure, VerificationFailed
 from bench.soak import SoakOptions
 from bench.workload import Workload
 from service.logs import configure_logging
+from service.runtime import tune_gc
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 
@@ -82,6 +83,7 @@ async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> i
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging("console", level=logging.WARNING)
+    tune_gc()  # as `python -m service` does: the service runs in this process
     benchmarks = registry.load()
     args = parse_args(argv, list(benchmarks))
     selected = [

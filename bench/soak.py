@@ -61,6 +61,7 @@ from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.logs import configure_logging
+from service.runtime import tune_gc
 from service.metrics import Metrics
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "soak.json"
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes <= 0 or (args.rate is not None and args.rate <= 0):
         parser.error("--minutes and --rate must be > 0")
     configure_logging("console", level=logging.WARNING)
+    tune_gc()  # as `python -m service` does: the service runs in this process
     options = SoakOptions(args.minutes, args.rate, args.output)
     ctx = BenchContext(Workload(), Progress(), soak=options)
 

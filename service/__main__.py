@@ -12,6 +12,7 @@ import structlog
 from service.app import Application
 from service.errors import InvalidArgument
 from service.logs import configure_logging
+from service.runtime import tune_gc
 from service.settings import Settings
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     except InvalidArgument as exc:
         sys.exit(f"simrating: bad setting {exc}")
     configure_logging(settings.log_format)
+    tune_gc()
     structlog.get_logger("main").info("starting", grpc_addr=settings.grpc_addr)
     try:
         asyncio.run(serve(settings))

@@ -157,7 +157,7 @@ class Application:
             for account in await repository.load_accounts(conn):
                 self.cache.put_account(account)
             self.cache.put_sims(await repository.load_sims(conn))
-            self.cache.settled.update(await repository.settled_periods(conn))
+            self.cache.add_settled(await repository.settled_periods(conn))
             records = 0
             batch: list[tuple[str, int, int, int, datetime, str]] = []
             async for row in repository.usage_rows(conn):

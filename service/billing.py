@@ -118,7 +118,7 @@ class Billing:
                     "settlement failed", account_id=account.account_id, period=period.name
                 )
                 raise
-            self._cache.settled.add(key)
+            self._cache.add_settled([key])
         if not created:  # another instance committed first: its invoice is the invoice
             self._metrics.settlements.labels("already_settled").inc()
             return Settlement(stored, created=False)

@@ -109,6 +109,9 @@ class StateCache:
         self.pool_used: defaultdict[tuple[str, str, str, UsageType], int] = defaultdict(int)
         self.started_on_plan: Counter[tuple[str, str]] = Counter()
         self.loaded = False
+        # Bumped by every change that can alter how a usage record is checked (plans,
+        # accounts, SIMs, settled periods): a check made at an older version is redone.
+        self.version = 0
         # Called with (previous or None, new) after every SIM change is installed.
         self.sim_listeners: list[Callable[[Sim | None, Sim], None]] = []
 
@@ -165,6 +168,7 @@ class StateCache:
     # --- writes, after commit ----------------------------------------------------------------
 
     def put_plan(self, plan: Plan) -> None:
+        self.version += 1
         self.plans[plan.plan_id] = plan
         if plan.activation_mode is ActivationMode.FIRST_USE:
             self.first_use_plans.add(plan.plan_id)
@@ -172,9 +176,16 @@ class StateCache:
             self.first_use_plans.discard(plan.plan_id)
 
     def put_account(self, account: Account) -> None:
+        self.version += 1
         self.accounts[account.account_id] = account
 
+    def add_settled(self, periods: Iterable[tuple[str, str]]) -> None:
+        """(account_id, period) pairs that now have an invoice."""
+        self.version += 1
+        self.settled.update(periods)
+
     def put_sims(self, sims: Iterable[Sim]) -> None:
+        self.version += 1
         for sim in sims:
             previous = self.sims.get(sim.iccid)
             if previous is not None:

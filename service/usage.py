@@ -152,6 +152,11 @@ class UsageEngine:
 
     # --- 1. checks ----------------------------------------------------------------------------
 
+    @property
+    def state_version(self) -> int:
+        """The cache version checks are made at (see StateCache.version)."""
+        return self._cache.version
+
     def check_all(self, records: Sequence[UsageRecord | InvalidRecord]) -> list[Checked]:
         """Answer each record now, or make it a Candidate to commit (or UnlessCounted)."""
         cache = self._cache
