@@ -3,11 +3,12 @@
 A fresh database migrated like the service's, and a separate fresh table
 `usage_records_copy (LIKE usage_records INCLUDING ALL)`: same columns, primary key on
 record_id and the (iccid, event_time) index. The rows are exactly those the service
-writes for the workload (rated_quantity, period and received_at included), built before
-the timer. Timed: `copy_records_to_table` in chunks of `--copy-batch` rows (default
-20,000, the persister's largest group commit), one COPY per transaction, one
-connection, one after the other -- like the persister's sequential group commits. With
-`--copy-batch 0` it is one COPY of every row.
+writes for the workload (rated_quantity and period included; received_at is the
+table's default, as for the service), built before the timer. Timed:
+`copy_records_to_table` in chunks of `--copy-batch` rows (default 20,000, the persister's
+largest group commit), one COPY per transaction, one connection, one after the other --
+like the persister's sequential group commits. With `--copy-batch 0` it is one COPY of
+every row.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def rated_quantity(quantity: int) -> int:
     return -(-quantity // ROUNDING_INCREMENT) * ROUNDING_INCREMENT
 
 
-UsageRow = tuple[str, str, int, int, int, datetime, str, str, datetime]
+UsageRow = tuple[str, str, int, int, int, datetime, str, str]
 
 
 def service_settings(database_url: str, **overrides: Any) -> Settings:
@@ -146,7 +146,6 @@ def usage_rows(workload: Workload, chunk: int) -> list[list[UsageRow]]:
                 PROVISIONED_AT + timedelta(seconds=rec.event_seconds - _EPOCH_SECONDS),
                 rec.session_id,
                 PERIOD,
-                CLOCK_START,
             )
         )
     return chunks

@@ -99,7 +99,6 @@ class Candidate(NamedTuple):
     event_time: datetime
     session_id: str
     period: str  # the account period of event_time
-    received_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +161,13 @@ class UsageEngine:
         cache = self._cache
         sims, accounts, plans, settled = cache.sims, cache.accounts, cache.plans, cache.settled
         find_period = self.periods.find
-        received_at = self._clock.now()
-        latest = received_at + FUTURE_TOLERANCE
+        now = self._clock.now()
+        latest = now + FUTURE_TOLERANCE
         new = tuple.__new__
         # The ingestion hot path. Records of a batch mostly share an account period and a
         # plan rate: the last ones found are tried first, with identity tests only.
         last_account: Account | None = None
-        period_start = period_end = received_at
+        period_start = period_end = now
         period = ""
         last_plan: Plan | None = None
         last_type: UsageType | None = None
@@ -245,7 +244,6 @@ class UsageEngine:
                 event_time,
                 session_id,
                 period,
-                received_at,
             )
             append(new(Candidate, row))  # a NamedTuple's own __new__ is 3x slower
         return checked
@@ -353,7 +351,7 @@ class UsageEngine:
         rate: UsageRate | None = None
         results: list[RecordResult] = []
         append = results.append
-        for record_id, iccid, usage_type, quantity, rated, event_time, _, period, _ in candidates:
+        for record_id, iccid, usage_type, quantity, rated, event_time, _, period in candidates:
             sim = sims[iccid]
             plan = plans[sim.plan_id]
             if plan is not last_plan or usage_type is not last_type:
@@ -425,7 +423,7 @@ class UsageEngine:
         """Recount committed records (iccid, usage_type, quantity, rated, event_time, period)."""
         sims, kinds = self._cache.sims, _USAGE_TYPES
         candidates = (
-            Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period, event_time)
+            Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period)
             for iccid, kind, quantity, rated, event_time, period in rows
             if iccid in sims
         )
