@@ -272,17 +272,19 @@ def add_results(
 ) -> None:
     """Append results to a response's repeated field, built in place (the hot path)."""
     add = target.add
+    # Attributes set on an added message: cheaper than keywords, and zero values are the
+    # proto3 defaults, so they are skipped.
     for record_id, status, detail, rated, charged, charge, started in results:
+        result = add()
+        result.record_id = record_id
+        result.status = status  # type: ignore[assignment]
         if detail:
-            add(record_id=record_id, status=status, detail=detail)  # type: ignore[arg-type]
-        elif charge or started:
-            add(
-                record_id=record_id,
-                status=status,  # type: ignore[arg-type]
-                rated_quantity=rated,
-                charged=charged,
-                estimated_charge_micros=charge,
-                started_billing=started,
-            )
-        else:
-            add(record_id=record_id, status=status, rated_quantity=rated, charged=charged)  # type: ignore[arg-type]
+            result.detail = detail
+            continue
+        result.rated_quantity = rated
+        if charged:
+            result.charged = True
+        if charge:
+            result.estimated_charge_micros = charge
+        if started:
+            result.started_billing = True
