@@ -216,9 +216,10 @@ class StateLock:
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self.on_enter: Callable[[], None] = lambda: None
+        self.waiting = 0  # tasks waiting to enter
 
     async def __aenter__(self) -> None:
-        await self._lock.acquire()
+        await self._acquire()
         try:
             self.on_enter()
         except BaseException:
@@ -236,5 +237,15 @@ class StateLock:
     @asynccontextmanager
     async def held_without_on_enter(self) -> AsyncIterator[None]:
         """The lock alone, for the persister, which counts its own pending group itself."""
-        async with self._lock:
+        await self._acquire()
+        try:
             yield
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,14 @@ class Stubs:
         self.rating = rating_service_pb2_grpc.RatingServiceStub(self.channel)
         self.billing = billing_service_pb2_grpc.BillingServiceStub(self.channel)
         self.clock = clock_service_pb2_grpc.ClockServiceStub(self.channel)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until `condition` holds, for an observable the service offers no event for: sleep(0)
+    only yields to the event loop, it never waits for time to pass. At most 10 s."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0)
 
 
 def iccids(start: int, count: int) -> list[str]:

@@ -4,7 +4,6 @@ rating rules and the running counters."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import timedelta
 
 import grpc
@@ -16,7 +15,7 @@ from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from tests.conftest import AppFactory
-from tests.support import T0, Stubs, iccids
+from tests.support import T0, Stubs, iccids, until
 from tests.usage_support import account_with_sims, period_usage, rate, record
 
 S = t  # status names live on the types module
@@ -262,13 +261,6 @@ async def test_a_batch_whose_caller_gave_up_before_its_turn_is_not_stored(
         "grpc_code": "CANCELLED",
     }
 
-    async def until(condition: Callable[[], bool]) -> None:
-        # A bounded wait on an observable the service offers no event for; sleep(0) only
-        # yields to the event loop, it never waits for time to pass.
-        async with asyncio.timeout(10):
-            while not condition():  # noqa: ASYNC110
-                await asyncio.sleep(0)
-
     async with app.state_lock:  # the persister takes batch A, then waits for this lock
         first = asyncio.ensure_future(rate(stubs, record("a", sim, 1)))
         await until(lambda: app.persister.busy)
@@ -284,3 +276,71 @@ async def test_a_batch_whose_caller_gave_up_before_its_turn_is_not_stored(
     retry = await rate(stubs, record("a", sim, 1), record("b", sim, 100))
     assert [x.status for x in retry] == [S.RECORD_STATUS_DUPLICATE, S.RECORD_STATUS_RATED]
     assert await period_usage(stubs, sim) == {t.USAGE_TYPE_DATA: 101}
+
+
+async def test_a_record_is_checked_again_when_the_state_changed_between_arrival_and_commit(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    sim = (await account_with_sims(stubs, 1))[0]
+    async with app.state_lock:  # nothing changes or commits while the test holds it
+        terminate = asyncio.ensure_future(
+            stubs.provisioning.TerminateSim(p.TerminateSimRequest(iccid=sim))
+        )
+        await until(lambda: app.state_lock.waiting == 1)
+        # Checked on arrival, the SIM still active: a candidate. Its commit waits behind the
+        # termination, which ends the SIM at the record's event time.
+        rated = asyncio.ensure_future(rate(stubs, record("r", sim, 10, when=T0)))
+        await until(lambda: app.state_lock.waiting == 2)
+    await terminate
+    [result] = await rated
+    assert result.status == S.RECORD_STATUS_AFTER_TERMINATION
+    assert await period_usage(stubs, sim) == {}
+
+
+async def test_inside_the_state_lock_the_counters_hold_every_stored_record_under_load(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    """The persister counts a group while it writes the next one; whoever enters the state
+    lock first counts a group left uncounted, so settlement, provisioning and activation
+    never see a committed record missing from the counters."""
+    app, stubs = app_stubs
+    sims = await account_with_sims(stubs, 20)
+
+    async def send(stream: int) -> None:
+        requests = [
+            r.StreamUsageRequest(
+                batch_id=f"{stream}-{b}",
+                records=[record(f"{stream}-{b}-{i}", sims[i % 20], 1 + i) for i in range(500)],
+            )
+            for b in range(40)
+        ]
+        acks = [ack async for ack in stubs.rating.StreamUsage(iter(requests))]
+        assert len(acks) == len(requests)
+
+    # What this test's task found uncounted when it entered (before on_enter counted it).
+    found: list[int] = []
+    count_pending, test_task = app.state_lock.on_enter, asyncio.current_task()
+
+    def on_enter() -> None:
+        if asyncio.current_task() is test_task:
+            found.append(app.persister.uncounted)
+        count_pending()
+
+    app.state_lock.on_enter = on_enter
+    senders = asyncio.gather(*(send(n) for n in range(4)))
+    checks = 0
+    while not senders.done():
+        async with app.state_lock:
+            async with app.pool.acquire() as conn:  # no commit can happen while we hold it
+                stored = await conn.fetchval("SELECT coalesce(sum(quantity), 0) FROM usage_records")
+            counted = sum(
+                c.raw_quantity
+                for usage in app.cache.usage.values()
+                for by_type in usage.periods.values()
+                for c in by_type.values()
+            )
+            assert counted == stored
+            checks += 1
+    await senders
+    assert checks > 1 and any(found), found

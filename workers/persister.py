@@ -105,6 +105,12 @@ class Persister:
         self._pending: Committed | None = None  # committed, not fully counted yet
         state_lock.on_enter = self._count_all_pending
 
+    @property
+    def uncounted(self) -> int:
+        """Records committed but not yet counted in the cache (see the module doc)."""
+        pending = self._pending
+        return 0 if pending is None else len(pending.new) - pending.position
+
     async def submit(
         self, records: Sequence[UsageRecord | InvalidRecord], *, wait: bool
     ) -> list[RecordResult]:
