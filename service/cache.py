@@ -61,6 +61,9 @@ class UnchargedRecord:
 
 @dataclass(slots=True)
 class SimUsage:
+    # The SIM as the cache holds it now (put_sims keeps it current): counting a record
+    # finds both with one look-up. None only in the shared empty value of usage_of().
+    sim: Sim | None = None
     periods: dict[str, dict[UsageType, UsageCounters]] = field(default_factory=dict)
     uncharged: list[UnchargedRecord] = field(default_factory=list)
     # The counters the SIM's last record went to, (period, usage type, counters): the next
@@ -142,7 +145,7 @@ class StateCache:
     def usage_for_update(self, iccid: str) -> SimUsage:
         usage = self.usage.get(iccid)
         if usage is None:
-            usage = self.usage[iccid] = SimUsage()
+            usage = self.usage[iccid] = SimUsage(self.sims[iccid])
         return usage
 
     def period_facts(self, account_id: str, period: str) -> list[SimPeriodFacts]:
@@ -192,6 +195,9 @@ class StateCache:
                 self.state_counts[previous.state] -= 1
                 self.started_on_plan[(sim.account_id, sim.plan_id)] -= _counts_in_pool(previous)
             self.sims[sim.iccid] = sim
+            usage = self.usage.get(sim.iccid)
+            if usage is not None:
+                usage.sim = sim
             self.sims_by_account[sim.account_id].add(sim.iccid)
             self.state_counts[sim.state] += 1
             self.started_on_plan[(sim.account_id, sim.plan_id)] += _counts_in_pool(sim)

@@ -352,14 +352,14 @@ class UsageEngine:
         results: list[RecordResult] = []
         append = results.append
         for record_id, iccid, usage_type, quantity, rated, event_time, _, period in candidates:
-            sim = sims[iccid]
+            usage = usage_by_sim.get(iccid)
+            if usage is None:
+                usage = usage_by_sim[iccid] = SimUsage(sims[iccid])
+            sim: Sim = usage.sim  # type: ignore[assignment]  # set in every stored SimUsage
             plan = plans[sim.plan_id]
             if plan is not last_plan or usage_type is not last_type:
                 rate = plan.rate_for(usage_type)
                 last_plan, last_type = plan, usage_type
-            usage = usage_by_sim.get(iccid)
-            if usage is None:
-                usage = usage_by_sim[iccid] = SimUsage()
             last = usage.last  # SimUsage.counters(), inlined for its common case
             if last is not None and last[0] == period and last[1] is usage_type:
                 counters = last[2]
