@@ -89,14 +89,16 @@ def verify(result: ClientResult, stored: int, workload: Workload) -> None:
 
 
 def commit_figures(metrics: Metrics) -> dict[str, float]:
-    """What the persister did: group commits, their mean size, time spent committing."""
+    """What the persister did: group commits, their mean size, and the summed time from
+    taking a group to answering it (groups overlap: one is counted while the next is
+    written, so this can exceed the wall time)."""
     sample = metrics.registry.get_sample_value
     commits = sample("rating_persist_batch_records_count") or 0.0
     records = sample("rating_persist_batch_records_sum") or 0.0
     return {
         "group_commits": commits,
         "mean_records_per_commit": round(records / commits, 1) if commits else 0.0,
-        "persister_busy_seconds": round(sample("rating_persist_batch_seconds_sum") or 0.0, 2),
+        "group_seconds_sum": round(sample("rating_persist_batch_seconds_sum") or 0.0, 2),
     }
 
 

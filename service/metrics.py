@@ -48,7 +48,8 @@ class Metrics:
         )
         self.persist_batch_seconds = Histogram(
             "rating_persist_batch_seconds",
-            "Time to commit one group of usage batches.",
+            "Time from taking one group of usage batches to answering its callers"
+            " (commit and counting; a group is counted while the next one is written).",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -1,13 +1,15 @@
 """Usage rating: checking records against the cache, deciding billing start, and applying
 committed records to the per-SIM period counters.
 
-The persister worker drives it in three steps per group commit, all under the state lock:
+The persister worker drives it in three steps:
 
 1. `check_all` — each record is answered now (INVALID, UNKNOWN_SIM, ...) or becomes a
-                `Candidate` waiting for its commit;
+                `Candidate` waiting for its commit. Done when a batch arrives, and again
+                under the state lock if the cache changed since (`state_version`);
 2. `plan_starts` — pure: which SIMs' billing start the new records move (FIRST_USE);
                 the persister writes those SIM rows in the same transaction;
-3. `apply`    — after the commit: counters, moved billing starts, per-record results.
+3. `apply` (`install_starts` + `count`) — after the commit: moved billing starts,
+                counters, per-record results.
 
 Nothing here touches the database, so the cache only ever shows committed records.
 """
