@@ -63,8 +63,8 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 # timestamptz in PostgreSQL's binary format: int64 microseconds since 2000-01-01 UTC. The
-# same values as asyncpg's own codec, at half its cost: COPY of usage_records (two of them
-# per record) spent most of its time there.
+# same values as asyncpg's own codec, at half its cost: the COPY of usage_records (an
+# event_time per record) spent most of its time there.
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _INT64 = struct.Struct(">q")
@@ -243,22 +243,20 @@ async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
 USAGE_COLUMNS = Candidate._fields  # a candidate is its usage_records row, columns in order
 
 
-async def insert_usage(
-    conn: asyncpg.Connection, candidates: Sequence[Candidate], record_ids: Sequence[str]
-) -> set[str]:
-    """Insert the candidates whose id is new; return the ids that were stored before.
+async def insert_usage(conn: asyncpg.Connection, candidates: list[Candidate]) -> list[Candidate]:
+    """Insert the candidates whose id is new and return them, in order.
 
-    `candidates` have distinct ids, `record_ids` in the same order. The ids already stored
-    are looked up first and the rest go in with one COPY: cheaper than INSERT ... ON
-    CONFLICT for the large groups the persister commits. The persister is the only writer
-    of usage_records, so nothing can slip in between; if something did, the COPY's unique
-    violation fails the whole transaction.
+    `candidates` have distinct ids. The ids already stored are looked up first and the rest
+    go in with one COPY: cheaper than INSERT ... ON CONFLICT for the large groups the
+    persister commits. The persister is the only writer of usage_records, so nothing can
+    slip in between; if something did, the COPY's unique violation fails the whole
+    transaction.
     """
-    seen = await known_record_ids(conn, record_ids)
+    seen = await known_record_ids(conn, [c.record_id for c in candidates])
     rows = [c for c in candidates if c.record_id not in seen] if seen else candidates
     if rows:
         await conn.copy_records_to_table("usage_records", records=rows, columns=USAGE_COLUMNS)
-    return seen
+    return rows
 
 
 async def known_record_ids(conn: asyncpg.Connection, record_ids: Sequence[str]) -> set[str]:

@@ -30,6 +30,7 @@ from service.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
 from service.clock import Clock
 from service.domain.activation import decide_billing_start, first_use_time
 from service.domain.model import (
+    USAGE_TYPES_BY_VALUE,
     Account,
     ActivationMode,
     BillingStartReason,
@@ -64,7 +65,6 @@ class RecordStatus(enum.IntEnum):
 
 
 RATED = RecordStatus.RATED  # enum member lookups are slow on the hot path
-_USAGE_TYPES = {t.value: t for t in UsageType}
 
 
 class RecordResult(NamedTuple):
@@ -423,7 +423,7 @@ class UsageEngine:
 
     def rebuild(self, rows: Iterable[tuple[str, int, int, int, datetime, str]]) -> int:
         """Recount committed records (iccid, usage_type, quantity, rated, event_time, period)."""
-        sims, kinds = self._cache.sims, _USAGE_TYPES
+        sims, kinds = self._cache.sims, USAGE_TYPES_BY_VALUE
         candidates = (
             Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period)
             for iccid, kind, quantity, rated, event_time, period in rows

@@ -135,8 +135,7 @@ class Persister:
     async def run(self) -> None:
         while True:
             if self._pending is not None and self._queue.empty():
-                async with self._state_lock:  # entering counts the pending group
-                    pass
+                await self._count_pending_now()
             group = [await self._queue.get()]
             self._take_queued(group)
             if group:
@@ -148,9 +147,12 @@ class Persister:
         self._take_queued(group)
         if group:
             await self.commit(group)
-        async with self._state_lock:
-            pass
+        await self._count_pending_now()
         return len(group)
+
+    async def _count_pending_now(self) -> None:
+        async with self._state_lock:  # entering counts the pending group (on_enter)
+            pass
 
     def _take_queued(self, group: list[Submission]) -> None:
         records = sum(len(s.records) for s in group)
@@ -260,18 +262,13 @@ class Persister:
             async with repository.transaction(self._pool) as conn:
                 # Before the insert: a record stored by an in-doubt commit is not new now.
                 recovered = await self._recover_in_doubt(conn)
-                candidates = list(first.values())
-                seen = (
-                    await repository.insert_usage(conn, candidates, list(first))
-                    if candidates
-                    else set()
+                inserted = (
+                    await repository.insert_usage(conn, list(first.values())) if first else []
                 )
                 counted_closed = (
                     await repository.known_record_ids(conn, closed) if closed else set()
                 )
-                if seen:
-                    candidates = [c for c in candidates if c.record_id not in seen]
-                new = recovered + candidates if recovered else candidates
+                new = recovered + inserted if recovered else inserted
                 if counting is not None:
                     await counting
                 moved = self._engine.plan_starts(new)

@@ -18,6 +18,10 @@ class UsageType(enum.IntEnum):  # IntEnum: hashed in C, it keys the hot counters
     SMS = 3  # messages
 
 
+# By proto/database value: a dict look-up, cheaper than UsageType(value) on hot paths.
+USAGE_TYPES_BY_VALUE = {t.value: t for t in UsageType}
+
+
 class ActivationMode(enum.Enum):
     IMMEDIATE = 1
     FIRST_USE = 2
