@@ -20,8 +20,8 @@ from bench.context import BenchContext, Progress
 from bench.registry import Figure, VerificationFailed
 from bench.soak import SoakOptions
 from bench.workload import Workload
-from service.logs import configure_logging
-from service.runtime import tune_gc
+from service.ops.logs import configure_logging
+from service.ops.runtime import tune_gc
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 

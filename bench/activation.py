@@ -48,7 +48,7 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 
 ACCOUNT_ID = "bench-activation"
 GRACE = timedelta(days=30)

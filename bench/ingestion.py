@@ -30,7 +30,7 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 
 PROVISION_CALL = 10_000
 ACCOUNT_ID = "bench-account"

@@ -46,7 +46,7 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 
 SIMS_PER_ACCOUNT = 100
 MIN_SIMS = 120  # January commitment: 20 short of the 100 SIMs each account has

@@ -60,9 +60,9 @@ from bench.workload import (
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.logs import configure_logging
-from service.metrics import Metrics
-from service.runtime import tune_gc
+from service.ops.logs import configure_logging
+from service.ops.metrics import Metrics
+from service.ops.runtime import tune_gc
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "soak.json"
 METHOD = "/rating.v1.RatingService/StreamUsage"

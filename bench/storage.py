@@ -20,8 +20,8 @@ import asyncpg
 from bench.context import BenchContext
 from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
 from bench.workload import usage_rows
-from service import db
-from service.repository import USAGE_COLUMNS
+from service.storage import database
+from service.storage.repository import USAGE_COLUMNS
 
 TABLE = "usage_records_copy"
 
@@ -36,7 +36,7 @@ async def copy(ctx: BenchContext) -> list[Figure]:
     async with ctx.fresh_database() as url:
         conn = await asyncpg.connect(url)
         try:
-            await db.migrate(conn)
+            await database.migrate(conn)
             await conn.execute(f"CREATE TABLE {TABLE} (LIKE usage_records INCLUDING ALL)")
             await ctx.checkpoint(url)
             with (

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.domain.iccid import make_iccid
-from service.settings import Settings
+from service.ops.settings import Settings
 
 PROVISIONED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 CLOCK_START = datetime(2026, 2, 1, tzinfo=UTC)

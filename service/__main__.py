@@ -10,10 +10,10 @@ import sys
 import structlog
 
 from service.app import Application
-from service.errors import InvalidArgument
-from service.logs import configure_logging
-from service.runtime import tune_gc
-from service.settings import Settings
+from service.domain.errors import InvalidArgument
+from service.ops.logs import configure_logging
+from service.ops.runtime import tune_gc
+from service.ops.settings import Settings
 
 
 async def serve(settings: Settings) -> None:

@@ -33,23 +33,23 @@ from rating.v1 import (
     rating_service_pb2,
     rating_service_pb2_grpc,
 )
-from service import db, repository
+from service.api.api_keys import Authenticator
 from service.api.billing import BillingServicer
 from service.api.catalog import CatalogServicer
 from service.api.clock import ClockServicer
 from service.api.interceptor import ObservabilityInterceptor
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
-from service.auth import Authenticator
-from service.billing import Billing
-from service.cache import StateCache, StateLock
-from service.catalog import Catalog
-from service.clock import Clock, SystemClock, TestClock
 from service.domain.model import ActivationMode, Sim, SimState
-from service.metrics import Metrics
-from service.provisioning import Provisioning
-from service.settings import Settings
-from service.usage import UsageEngine
+from service.ingestion.engine import UsageEngine
+from service.ops.clock import Clock, SystemClock, TestClock
+from service.ops.metrics import Metrics
+from service.ops.settings import Settings
+from service.state.cache import StateCache, StateLock
+from service.storage import database, repository
+from service.usecases.billing import Billing
+from service.usecases.catalog import Catalog
+from service.usecases.provisioning import Provisioning
 from workers.activation import ActivationWorker
 from workers.persister import Persister
 from workers.settlement import SettlementWorker
@@ -93,10 +93,10 @@ class Application:
         return self._pool
 
     async def start(self) -> None:
-        url = self.settings.database_url or await db.embedded_url(self.settings.data_dir)
-        self._pool = await db.create_pool(url)
+        url = self.settings.database_url or await database.embedded_url(self.settings.data_dir)
+        self._pool = await database.create_pool(url)
         async with self._pool.acquire() as conn:
-            await db.migrate(conn)
+            await database.migrate(conn)
         # One lock orders every change of SIM state: catalog and provisioning writes,
         # group commits and activations never interleave between check and commit.
         state_lock = self.state_lock = StateLock()

@@ -16,10 +16,10 @@ import asyncpg
 import grpc
 import pytest
 
-from service import db
 from service.app import Application
-from service.metrics import Metrics
-from service.settings import Settings
+from service.ops.metrics import Metrics
+from service.ops.settings import Settings
+from service.storage import database
 from tests.support import T0, Stubs
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -62,7 +62,7 @@ async def template_db(server_url: str) -> AsyncIterator[str]:
         created.append(name)
         conn = await asyncpg.connect(_with_database(server_url, name))
         try:
-            await db.migrate(conn)
+            await database.migrate(conn)
         finally:
             await conn.close()
         yield name

@@ -12,8 +12,6 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.cache import StateCache
-from service.clock import TestClock
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -28,7 +26,9 @@ from service.domain.model import (
     UsageRecord,
     UsageType,
 )
-from service.usage import UsageEngine
+from service.ingestion.engine import UsageEngine
+from service.ops.clock import TestClock
+from service.state.cache import StateCache
 from tests.support import T0
 from tests.usage_support import replay
 

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.metrics import Metrics
+from service.ops.metrics import Metrics
 from tests import conftest
 from tests.pg_control import StoppablePostgres
 from tests.support import ServerProcess, Stubs

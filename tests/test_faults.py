@@ -38,8 +38,8 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.metrics import Metrics
-from service.repository import init_connection
+from service.ops.metrics import Metrics
+from service.storage.repository import init_connection
 from tests import conftest
 from tests.conftest import AppFactory
 from tests.pg_control import CommitAnswerLost, StoppablePostgres

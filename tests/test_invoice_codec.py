@@ -14,7 +14,7 @@ from datetime import timedelta
 from service.domain.model import Invoice, UsageType
 from service.domain.periods import period_named
 from service.domain.settlement import compute_invoice
-from service.invoice_codec import (
+from service.storage.invoice_codec import (
     CSV_COLUMNS,
     decimal_amount,
     export_csv,
@@ -109,7 +109,7 @@ async def test_export_command_reads_the_settled_invoice(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "service.export_invoice",
+            "service.cli.export_invoice",
             *args,
             cwd=REPO,
             env={**os.environ, "RATING_DATABASE_URL": database_url},

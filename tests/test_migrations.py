@@ -7,7 +7,7 @@ import uuid
 
 import asyncpg
 
-from service import db
+from service.storage import database
 from tests.conftest import _with_database
 
 
@@ -18,14 +18,14 @@ async def test_concurrent_migrations_apply_each_file_once(server_url: str) -> No
     try:
         conns = [await asyncpg.connect(_with_database(server_url, name)) for _ in range(4)]
         try:
-            applied = await asyncio.gather(*(db.migrate(conn) for conn in conns))
-            names = [m.name for m in db.migrations()]
+            applied = await asyncio.gather(*(database.migrate(conn) for conn in conns))
+            names = [m.name for m in database.migrations()]
             # Exactly one instance applied everything; the others found nothing to do.
             assert sorted(applied, key=len) == [[], [], [], names]
-            assert await db.migrate(conns[0]) == []
+            assert await database.migrate(conns[0]) == []
             rows = await conns[0].fetch("SELECT version, name FROM schema_migrations ORDER BY 1")
             assert [(r["version"], r["name"]) for r in rows] == [
-                (m.version, m.name) for m in db.migrations()
+                (m.version, m.name) for m in database.migrations()
             ]
         finally:
             for conn in conns:

@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import rating_service_pb2 as r
+from service.api.api_keys import key_hash
 from service.app import SERVICE_NAMES
-from service.auth import key_hash
 from tests.certs import issue, make_ca, write
 from tests.conftest import AppFactory
 from tests.support import Stubs
@@ -21,7 +21,7 @@ from tests.test_catalog import expect_error
 
 KEYS = {"oss": "k-oss", "mediation": "k-mediation", "billing": "k-billing", "admin": "k-admin"}
 
-# The role matrix of the contract, written out independently of service.auth.ROLES.
+# The role matrix of the contract, written out independently of service.api.api_keys.ROLES.
 ALLOWED = {
     "oss": {
         "CatalogService/*",
@@ -150,7 +150,7 @@ async def test_keys_never_reach_logs_or_metrics(
 async def test_bad_keys_file_is_refused(start_app: AppFactory, tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     path.write_text(json.dumps({"keys": [{"name": "x", "sha256": "abc", "roles": ["oss"]}]}))
-    from service.errors import InvalidArgument
+    from service.domain.errors import InvalidArgument
 
     with pytest.raises(InvalidArgument, match="sha256"):
         await start_app(api_keys_file=path)

@@ -17,8 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rating.v1 import types_pb2 as t
-from service.cache import StateCache
-from service.clock import TestClock
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -37,7 +35,9 @@ from service.domain.model import (
 )
 from service.domain.periods import period_named
 from service.domain.settlement import compute_invoice
-from service.usage import UsageEngine
+from service.ingestion.engine import UsageEngine
+from service.ops.clock import TestClock
+from service.state.cache import StateCache
 from tests.billing_support import advance, provision, put_account, put_plans, settle, step, utc
 from tests.support import T0, Stubs, first_use_plan, iccids
 from tests.usage_support import rate, record, replay

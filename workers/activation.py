@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
-from service import repository
-from service.cache import StateCache, StateLock
-from service.clock import Clock
 from service.domain.activation import activation_deadline
+from service.domain.errors import StorageUnavailable
 from service.domain.model import BillingStartReason, Sim
-from service.errors import StorageUnavailable
-from service.metrics import Metrics
-from service.usage import UsageEngine, started_sim
+from service.ingestion.engine import UsageEngine, started_sim
+from service.ops.clock import Clock
+from service.ops.metrics import Metrics
+from service.state.cache import StateCache, StateLock
+from service.storage import repository
 
 log = structlog.get_logger("activation")
 

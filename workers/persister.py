@@ -33,13 +33,9 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from service import repository
-from service.cache import StateLock
-from service.clock import Clock
+from service.domain.errors import Overloaded, StorageUnavailable
 from service.domain.model import Sim, UsageRecord, UsageType
-from service.errors import Overloaded, StorageUnavailable
-from service.metrics import Metrics
-from service.usage import (
+from service.ingestion.engine import (
     Candidate,
     Checked,
     InvalidRecord,
@@ -48,6 +44,10 @@ from service.usage import (
     UnlessCounted,
     UsageEngine,
 )
+from service.ops.clock import Clock
+from service.ops.metrics import Metrics
+from service.state.cache import StateLock
+from service.storage import repository
 
 log = structlog.get_logger("persister")
 

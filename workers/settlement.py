@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from service.billing import Billing
-from service.cache import StateCache
-from service.clock import Clock
 from service.domain.model import Account, Period
 from service.domain.periods import next_period, period_containing
+from service.ops.clock import Clock
+from service.state.cache import StateCache
+from service.usecases.billing import Billing
 
 log = structlog.get_logger("settlement")
 

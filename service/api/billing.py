@@ -8,8 +8,8 @@ from rating.v1 import billing_service_pb2 as pb
 from rating.v1 import billing_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2 as types
 from service.api.convert import time_to_proto
-from service.billing import Billing
 from service.domain.model import Invoice
+from service.usecases.billing import Billing
 
 
 def invoice_to_proto(invoice: Invoice) -> types.Invoice:

@@ -7,9 +7,9 @@ import grpc
 from rating.v1 import catalog_service_pb2 as pb
 from rating.v1 import catalog_service_pb2_grpc as pb_grpc
 from service.api import convert
-from service.cache import StateCache
-from service.catalog import Catalog
-from service.errors import InvalidArgument
+from service.domain.errors import InvalidArgument
+from service.state.cache import StateCache
+from service.usecases.catalog import Catalog
 
 
 class CatalogServicer(pb_grpc.CatalogServiceServicer):

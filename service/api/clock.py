@@ -7,8 +7,8 @@ import grpc
 from rating.v1 import clock_service_pb2 as pb
 from rating.v1 import clock_service_pb2_grpc as pb_grpc
 from service.api.convert import time_from_proto
-from service.clock import Clock, TestClock
-from service.errors import FailedPrecondition, InvalidArgument
+from service.domain.errors import FailedPrecondition, InvalidArgument
+from service.ops.clock import Clock, TestClock
 
 
 class ClockServicer(pb_grpc.ClockServiceServicer):

@@ -13,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from rating.v1 import types_pb2 as pb
 from service.domain import model as m
-from service.errors import InvalidArgument
-from service.usage import InvalidRecord, RecordResult
+from service.domain.errors import InvalidArgument
+from service.ingestion.engine import InvalidRecord, RecordResult
 
 E = TypeVar("E", bound=enum.Enum)
 

@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import structlog
 
-from service import errors
-from service.auth import Authenticator
-from service.metrics import Metrics
+from service.api.api_keys import Authenticator
+from service.domain import errors
+from service.ops.metrics import Metrics
 
 log = structlog.get_logger("rpc")
 

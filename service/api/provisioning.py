@@ -9,10 +9,10 @@ from rating.v1 import provisioning_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2
 from service.api import convert
 from service.api.status import sim_status_to_proto
-from service.cache import StateCache
-from service.clock import Clock
-from service.provisioning import Provisioning
-from service.status import sim_view
+from service.ops.clock import Clock
+from service.state.cache import StateCache
+from service.usecases.provisioning import Provisioning
+from service.usecases.sim_status import sim_view
 
 
 class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):

@@ -12,13 +12,13 @@ from rating.v1 import rating_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2 as types_pb
 from service.api import convert
 from service.api.status import sim_status_to_proto
-from service.authorize import authorize
-from service.cache import StateCache
-from service.clock import Clock
+from service.domain.errors import InvalidArgument, Overloaded
 from service.domain.model import UsageRecord, UsageType
-from service.errors import InvalidArgument, Overloaded
-from service.status import sim_view
-from service.usage import InvalidRecord, PeriodLookup, RecordResult
+from service.ingestion.engine import InvalidRecord, PeriodLookup, RecordResult
+from service.ops.clock import Clock
+from service.state.cache import StateCache
+from service.usecases.session_authorization import authorize
+from service.usecases.sim_status import sim_view
 from workers.persister import Persister
 
 MAX_RECORDS_PER_BATCH = 10_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rating.v1 import types_pb2 as pb
 from service.api.convert import time_to_proto, usage_quantities
-from service.status import SimView
+from service.usecases.sim_status import SimView
 
 
 def sim_status_to_proto(view: SimView) -> pb.SimStatus:

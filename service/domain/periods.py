@@ -13,8 +13,8 @@ import re
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from service.domain.errors import InvalidArgument
 from service.domain.model import Period
-from service.errors import InvalidArgument
 
 _PERIOD_NAME = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.domain.catalog import validate_account, validate_plan
+from service.domain.errors import InvalidArgument
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -18,7 +18,7 @@ from service.domain.model import (
     Tier,
     UsageType,
 )
-from service.errors import InvalidArgument
+from service.domain.validation import validate_account, validate_plan
 
 from .builders import account_a, data_rate, plan_p
 

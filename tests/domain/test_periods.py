@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.domain.errors import InvalidArgument
 from service.domain.model import Period
 from service.domain.periods import (
     billed_days,
@@ -18,7 +19,6 @@ from service.domain.periods import (
     period_days,
     period_named,
 )
-from service.errors import InvalidArgument
 
 from .builders import PROPERTY, utc
 

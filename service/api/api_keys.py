@@ -6,7 +6,7 @@ enough and a stolen file reveals no key:
 
     {"keys": [{"name": "crm-prod", "sha256": "<64 hex>", "roles": ["oss"]}, ...]}
 
-`python -m service.auth --name crm-prod --role oss` makes a new key and prints its entry.
+`python -m service.api.api_keys --name crm-prod --role oss` makes a new key and prints its entry.
 
 Roles and what they may call (`admin` may call everything, ClockService included):
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from service.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 ROLES: Mapping[str, frozenset[str]] = {
     "oss": frozenset(
@@ -155,7 +155,8 @@ def _bearer_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m service.auth", description="Make a new API key and its keys-file entry."
+        prog="python -m service.api.api_keys",
+        description="Make a new API key and its keys-file entry.",
     )
     parser.add_argument("--name", required=True, help="the caller's name, shown in logs")
     parser.add_argument("--role", action="append", choices=sorted(ROLES), required=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from service.errors import InvalidArgument
+from service.domain.errors import InvalidArgument
 
 # name, default, help — each is read from the environment and may be overridden by the flag
 # of the same name (RATING_GRPC_ADDR -> --grpc-addr).

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from service.cache import StateCache
-from service.clock import Clock
 from service.domain.activation import activation_deadline, threshold_progress
 from service.domain.model import Sim, UsageType
 from service.domain.periods import period_containing
+from service.ops.clock import Clock
+from service.state.cache import StateCache
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from service.cache import StateCache
-from service.clock import Clock
+from service.domain.errors import InvalidArgument
 from service.domain.model import ActivationMode, SimState, UsageType
 from service.domain.rating import estimate_charge, marginal_price, rated_quantity
-from service.errors import InvalidArgument
-from service.usage import PeriodLookup, allowance_position
+from service.ingestion.engine import PeriodLookup, allowance_position
+from service.ops.clock import Clock
+from service.state.cache import StateCache
 
 
 class DenyReason(enum.Enum):

@@ -1,6 +1,6 @@
 """Export one settled invoice with its per-SIM breakdown, as JSON or CSV, to stdout.
 
-    python -m service.export_invoice --account A --period 2026-01 --format csv
+    python -m service.cli.export_invoice --account A --period 2026-01 --format csv
 
 Reads PostgreSQL directly (RATING_DATABASE_URL, or --database-url), so it works while the
 service is down; only settled invoices exist there. Exit status 1 if there is no invoice.
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from service import invoice_codec, repository
 from service.domain.model import Invoice
+from service.storage import invoice_codec, repository
 
 FORMATS = {"json": invoice_codec.export_json, "csv": invoice_codec.export_csv}
 
@@ -32,7 +32,9 @@ async def fetch(url: str, account_id: str, period: str) -> Invoice | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.export_invoice", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m service.cli.export_invoice", description=__doc__
+    )
     parser.add_argument("--account", required=True, help="account_id")
     parser.add_argument("--period", required=True, help="YYYY-MM")
     parser.add_argument("--format", choices=sorted(FORMATS), default="json")

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from service.errors import InvalidArgument
+from service.domain.errors import InvalidArgument
 
 DueWork = Callable[[datetime], Awaitable[object]]
 TEST_CLOCK_LIMIT = datetime(3000, 1, 1, tzinfo=UTC)

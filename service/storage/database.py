@@ -1,6 +1,6 @@
 """PostgreSQL: the embedded server, the connection pool and the schema migrations.
 
-Migrations are numbered SQL files in `service/migrations/`, applied in order at start,
+Migrations are numbered SQL files in `service/storage/migrations/`, applied in order at start,
 each in its own transaction, under an advisory lock so instances starting together
 do not race; applying them again changes nothing.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from service.repository import init_connection
+from service.storage.repository import init_connection
 
 log = structlog.get_logger("db")
 
@@ -35,7 +35,7 @@ class Migration:
 
 def migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("service.migrations").iterdir():
+    for entry in resources.files("service.storage.migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), entry.name, entry.read_text()))

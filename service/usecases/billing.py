@@ -20,14 +20,14 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from service import repository
-from service.cache import StateCache, StateLock
-from service.clock import Clock
+from service.domain.errors import FailedPrecondition, InvalidArgument, NotFound, StorageUnavailable
 from service.domain.model import Account, Invoice, Period
 from service.domain.periods import period_containing, period_named
 from service.domain.settlement import compute_invoice
-from service.errors import FailedPrecondition, InvalidArgument, NotFound, StorageUnavailable
-from service.metrics import Metrics
+from service.ops.clock import Clock
+from service.ops.metrics import Metrics
+from service.state.cache import StateCache, StateLock
+from service.storage import repository
 
 log = structlog.get_logger("billing")
 

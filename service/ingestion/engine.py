@@ -26,8 +26,6 @@ from typing import NamedTuple
 
 import structlog
 
-from service.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
-from service.clock import Clock
 from service.domain.activation import decide_billing_start, first_use_time
 from service.domain.model import (
     USAGE_TYPES_BY_VALUE,
@@ -43,6 +41,8 @@ from service.domain.model import (
 )
 from service.domain.periods import next_period, period_containing
 from service.domain.rating import estimate_charge, rated_quantity
+from service.ops.clock import Clock
+from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
 
 log = structlog.get_logger("usage")
 

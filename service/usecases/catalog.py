@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncpg
 
-from service import repository
-from service.cache import StateCache, StateLock
-from service.clock import Clock
-from service.domain.catalog import validate_account, validate_plan
+from service.domain.errors import AlreadyExists, FailedPrecondition
 from service.domain.model import Account, Plan
-from service.errors import AlreadyExists, FailedPrecondition
+from service.domain.validation import validate_account, validate_plan
+from service.ops.clock import Clock
+from service.state.cache import StateCache, StateLock
+from service.storage import repository
 
 
 class Catalog:

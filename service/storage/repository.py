@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from service import codec, invoice_codec
+from service.domain.errors import StorageUnavailable
 from service.domain.model import (
     Account,
     BillingStartReason,
@@ -25,8 +25,8 @@ from service.domain.model import (
     Sim,
     SimState,
 )
-from service.errors import StorageUnavailable
-from service.usage import Candidate
+from service.ingestion.engine import Candidate
+from service.storage import invoice_codec, plan_codec
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -97,7 +97,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 async def load_plans(conn: asyncpg.Connection) -> list[Plan]:
     rows = await conn.fetch("SELECT body FROM plans ORDER BY plan_id")
-    return [codec.plan_from_json(row["body"]) for row in rows]
+    return [plan_codec.plan_from_json(row["body"]) for row in rows]
 
 
 async def insert_plan(conn: asyncpg.Connection, plan: Plan, now: datetime) -> Plan | None:
@@ -107,13 +107,13 @@ async def insert_plan(conn: asyncpg.Connection, plan: Plan, now: datetime) -> Pl
            ON CONFLICT (plan_id) DO NOTHING RETURNING true""",
         plan.plan_id,
         plan.currency,
-        codec.plan_to_json(plan),
+        plan_codec.plan_to_json(plan),
         now,
     )
     if inserted:
         return None
     body = await conn.fetchval("SELECT body FROM plans WHERE plan_id = $1", plan.plan_id)
-    return codec.plan_from_json(body)
+    return plan_codec.plan_from_json(body)
 
 
 async def load_accounts(conn: asyncpg.Connection) -> list[Account]:
@@ -127,7 +127,7 @@ async def load_accounts(conn: asyncpg.Connection) -> list[Account]:
             currency=row["currency"],
             timezone=row["timezone"],
             billing_day=row["billing_day"],
-            commitment_schedule=codec.schedule_from_json(row["commitment_schedule"]),
+            commitment_schedule=plan_codec.schedule_from_json(row["commitment_schedule"]),
         )
         for row in rows
     ]
@@ -147,7 +147,7 @@ async def upsert_account(conn: asyncpg.Connection, account: Account, now: dateti
         account.currency,
         account.timezone,
         account.billing_day,
-        codec.schedule_to_json(account.commitment_schedule),
+        plan_codec.schedule_to_json(account.commitment_schedule),
         now,
     )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 
+from service.domain.errors import NotFound
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -25,7 +26,6 @@ from service.domain.model import (
     SimUsageFacts,
     UsageType,
 )
-from service.errors import NotFound
 
 
 @dataclass(slots=True)

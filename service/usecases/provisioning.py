@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from service import repository
-from service.cache import StateCache, StateLock
-from service.clock import Clock
+from service.domain.errors import FailedPrecondition, InvalidArgument, StorageUnavailable
 from service.domain.iccid import iccid_problem
 from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
 from service.domain.periods import next_period, period_containing
-from service.errors import FailedPrecondition, InvalidArgument, StorageUnavailable
+from service.ops.clock import Clock
+from service.state.cache import StateCache, StateLock
+from service.storage import repository
 
 MAX_ICCIDS_PER_CALL = 10_000
 # Times a caller gives may run this far ahead of our clock (clock skew between systems).

@@ -13,6 +13,7 @@ from datetime import timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from service.domain.errors import InvalidArgument
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -23,7 +24,6 @@ from service.domain.model import (
     UsageRate,
 )
 from service.domain.money import is_currency
-from service.errors import InvalidArgument
 
 MAX_ID_LENGTH = 128
 INT64_MAX = 2**63 - 1
