@@ -24,10 +24,11 @@ run: $(STAMP)  ## run the service on the embedded PostgreSQL (or RATING_DATABASE
 test: $(STAMP)  ## run the test suite (RATING_TEST_DATABASE_URL or embedded PostgreSQL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff, mypy strict, buf lint
+lint: $(STAMP)  ## ruff, mypy strict, import-linter layering, buf lint
 	$(BIN)/ruff check service workers tests bench
 	$(BIN)/ruff format --check service workers tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 
 proto: $(STAMP)  ## regenerate the committed Python code from protos/

@@ -45,7 +45,8 @@ from service.ingestion.engine import UsageEngine
 from service.ops.clock import Clock, SystemClock, TestClock
 from service.ops.metrics import Metrics
 from service.ops.settings import Settings
-from service.state.cache import StateCache, StateLock
+from service.state.cache import StateCache
+from service.state.lock import StateLock
 from service.storage import database, repository
 from service.usecases.billing import Billing
 from service.usecases.catalog import Catalog
@@ -123,6 +124,9 @@ class Application:
             max_queued_batches=self.settings.persist_queue_batches,
             max_records_per_commit=self.settings.persist_max_records_per_commit,
         )
+        # Whoever takes the state lock first counts what the persister committed but has
+        # not counted yet (see StateLock): inside the lock, the cache holds every record.
+        state_lock.set_catch_up(self.persister.count_all_pending)
         self.spawn("persister", self.persister.run())
         if isinstance(self.clock, TestClock):
             self.clock.subscribe(self.activation.run_once)

@@ -318,16 +318,16 @@ async def test_inside_the_state_lock_the_counters_hold_every_stored_record_under
         acks = [ack async for ack in stubs.rating.StreamUsage(iter(requests))]
         assert len(acks) == len(requests)
 
-    # What this test's task found uncounted when it entered (before on_enter counted it).
+    # What this test's task found uncounted when it entered (before the lock's catch-up counted it).
     found: list[int] = []
-    count_pending, test_task = app.state_lock.on_enter, asyncio.current_task()
+    count_pending, test_task = app.state_lock.catch_up, asyncio.current_task()
 
-    def on_enter() -> None:
+    def catch_up() -> None:
         if asyncio.current_task() is test_task:
             found.append(app.persister.uncounted)
         count_pending()
 
-    app.state_lock.on_enter = on_enter
+    app.state_lock.set_catch_up(catch_up)
     senders = asyncio.gather(*(send(n) for n in range(4)))
     checks = 0
     while not senders.done():

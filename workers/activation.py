@@ -23,7 +23,8 @@ from service.domain.model import BillingStartReason, Sim
 from service.ingestion.engine import UsageEngine, started_sim
 from service.ops.clock import Clock
 from service.ops.metrics import Metrics
-from service.state.cache import StateCache, StateLock
+from service.state.cache import StateCache
+from service.state.lock import StateLock
 from service.storage import repository
 
 log = structlog.get_logger("activation")

@@ -13,8 +13,9 @@ runs in chunks that yield to the event loop, so it proceeds while PostgreSQL loo
 stores the next group, instead of after it. The next group's billing start decisions wait
 for the counting to finish (they depend on the counted records). A group left counted
 only in part when the persister releases the state lock is finished by whoever enters the
-lock next (`StateLock.on_enter`), or by the persister itself as soon as its queue is empty,
-so callers never wait for more traffic to get their answers.
+lock next (the lock's catch-up, `count_all_pending`, registered by the wiring), or by the
+persister itself as soon as its queue is empty, so callers never wait for more traffic to
+get their answers.
 
 A commit can also fail after COMMIT was sent (the server stopped or the connection broke
 before its answer arrived): then the group may be stored after all. Its new records are
@@ -46,7 +47,7 @@ from service.ingestion.engine import (
 )
 from service.ops.clock import Clock
 from service.ops.metrics import Metrics
-from service.state.cache import StateLock
+from service.state.lock import StateLock
 from service.storage import repository
 
 log = structlog.get_logger("persister")
@@ -103,7 +104,6 @@ class Persister:
         # New records of commits whose outcome is unknown, by record id (see module doc).
         self._in_doubt: dict[str, Candidate] = {}
         self._pending: Committed | None = None  # committed, not fully counted yet
-        state_lock.on_enter = self._count_all_pending
 
     @property
     def uncounted(self) -> int:
@@ -151,7 +151,7 @@ class Persister:
         return len(group)
 
     async def _count_pending_now(self) -> None:
-        async with self._state_lock:  # entering counts the pending group (on_enter)
+        async with self._state_lock:  # entering counts the pending group (catch-up)
             pass
 
     def _take_queued(self, group: list[Submission]) -> None:
@@ -174,7 +174,7 @@ class Persister:
 
     async def _commit(self, group: list[Submission]) -> None:
         started = time.perf_counter()
-        async with self._state_lock.held_without_on_enter():
+        async with self._state_lock.held_without_catch_up():
             engine, version = self._engine, self._engine.state_version
             checked = [
                 s.checked if s.version == version else engine.check_all(s.records) for s in group
@@ -211,7 +211,8 @@ class Persister:
                 return
             await asyncio.sleep(0)  # let the event loop serve PostgreSQL, gRPC and callers
 
-    def _count_all_pending(self) -> None:
+    def count_all_pending(self) -> None:
+        """Count what is left of the pending group now: the state lock's catch-up."""
         self._count_pending(None)
 
     def _count_pending(self, limit: int | None = None) -> bool:

@@ -15,11 +15,11 @@ from service.api.status import sim_status_to_proto
 from service.domain.errors import InvalidArgument, Overloaded
 from service.domain.model import UsageRecord, UsageType
 from service.ingestion.engine import InvalidRecord, PeriodLookup, RecordResult
+from service.ingestion.sink import UsageSink
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 from service.usecases.session_authorization import authorize
 from service.usecases.sim_status import sim_view
-from workers.persister import Persister
 
 MAX_RECORDS_PER_BATCH = 10_000
 # Batches of one stream in flight (read ahead, not yet acknowledged).
@@ -36,11 +36,11 @@ def _checked_records(
 
 class RatingServicer(pb_grpc.RatingServiceServicer):
     def __init__(
-        self, cache: StateCache, clock: Clock, persister: Persister, max_streams: int = 1000
+        self, cache: StateCache, clock: Clock, usage: UsageSink, max_streams: int = 1000
     ) -> None:
         self._cache = cache
         self._clock = clock
-        self._persister = persister
+        self._usage = usage
         self._periods = PeriodLookup()
         self._max_streams = max_streams
         self._streams = 0
@@ -81,7 +81,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self, request: pb.RateUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.RateUsageResponse:
         records = _checked_records(request.records)
-        results = await self._persister.submit(records, wait=False)
+        results = await self._usage.submit(records, wait=False)
         response = pb.RateUsageResponse()
         convert.add_results(response.results, results)
         return response
@@ -112,7 +112,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         async def read() -> None:
             async for batch in request_iterator:
                 records = _checked_records(batch.records)
-                submitted = asyncio.ensure_future(self._persister.submit(records, wait=True))
+                submitted = asyncio.ensure_future(self._usage.submit(records, wait=True))
                 await in_flight.put((batch.batch_id, submitted))
             await in_flight.put(None)
 

@@ -7,13 +7,10 @@ never the database for status and authorization calls.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
 
 from service.domain.errors import NotFound
 from service.domain.model import (
@@ -207,51 +204,3 @@ class StateCache:
 
 def _counts_in_pool(sim: Sim) -> int:
     return int(sim.billing_started_at is not None and sim.state is not SimState.TERMINATED)
-
-
-class StateLock:
-    """The one lock that orders every change of state: catalog and provisioning writes,
-    group commits, activations and settlement never interleave between check and commit.
-
-    The persister may leave it holding a group that is committed but not yet counted (it
-    counts one group while the next one is being written, see `workers.persister`).
-    Whoever enters next runs `on_enter` first, which counts that group: inside the lock the
-    cache always shows every committed record.
-    """
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-        self.on_enter: Callable[[], None] = lambda: None
-        self.waiting = 0  # tasks waiting to enter
-
-    async def __aenter__(self) -> None:
-        await self._acquire()
-        try:
-            self.on_enter()
-        except BaseException:
-            self._lock.release()
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._lock.release()
-
-    @asynccontextmanager
-    async def held_without_on_enter(self) -> AsyncIterator[None]:
-        """The lock alone, for the persister, which counts its own pending group itself."""
-        await self._acquire()
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    async def _acquire(self) -> None:
-        self.waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self.waiting -= 1

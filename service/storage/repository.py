@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
@@ -25,7 +25,6 @@ from service.domain.model import (
     Sim,
     SimState,
 )
-from service.ingestion.engine import Candidate
 from service.storage import invoice_codec, plan_codec
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -240,11 +239,34 @@ async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
 # --- usage -----------------------------------------------------------------------------------
 
 
-USAGE_COLUMNS = Candidate._fields  # a candidate is its usage_records row, columns in order
+# The columns a usage row is COPYed with, in order. The ingestion's candidate records are
+# NamedTuples with exactly these fields (tested), so they are COPYed as they are.
+USAGE_COLUMNS = (
+    "record_id",
+    "iccid",
+    "usage_type",
+    "quantity",
+    "rated_quantity",
+    "event_time",
+    "session_id",
+    "period",
+)
 
 
-async def insert_usage(conn: asyncpg.Connection, candidates: list[Candidate]) -> list[Candidate]:
-    """Insert the candidates whose id is new and return them, in order.
+class UsageRow(Protocol):
+    """What insert_usage needs of a row: a tuple in USAGE_COLUMNS order, with its id."""
+
+    @property
+    def record_id(self) -> str: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+Row = TypeVar("Row", bound=UsageRow)
+
+
+async def insert_usage(conn: asyncpg.Connection, candidates: list[Row]) -> list[Row]:
+    """Insert the rows whose id is new and return them, in order.
 
     `candidates` have distinct ids. The ids already stored are looked up first and the rest
     go in with one COPY: cheaper than INSERT ... ON CONFLICT for the large groups the

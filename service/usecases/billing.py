@@ -26,7 +26,8 @@ from service.domain.periods import period_containing, period_named
 from service.domain.settlement import compute_invoice
 from service.ops.clock import Clock
 from service.ops.metrics import Metrics
-from service.state.cache import StateCache, StateLock
+from service.state.cache import StateCache
+from service.state.lock import StateLock
 from service.storage import repository
 
 log = structlog.get_logger("billing")

@@ -8,23 +8,24 @@ from service.domain.errors import AlreadyExists, FailedPrecondition
 from service.domain.model import Account, Plan
 from service.domain.validation import validate_account, validate_plan
 from service.ops.clock import Clock
-from service.state.cache import StateCache, StateLock
+from service.state.cache import StateCache
+from service.state.lock import StateLock
 from service.storage import repository
 
 
 class Catalog:
     def __init__(
-        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: StateLock
+        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, state_lock: StateLock
     ) -> None:
         self._pool = pool
         self._cache = cache
         self._clock = clock
-        self._write_lock = write_lock  # shared with provisioning: catalog writes are serial
+        self._state_lock = state_lock  # orders catalog writes with every other state change
 
     async def put_plan(self, plan: Plan) -> bool:
         """Store a new plan; True if created, False if an identical plan existed."""
         validate_plan(plan)
-        async with self._write_lock:
+        async with self._state_lock:
             existing = self._cache.plans.get(plan.plan_id)
             if existing is None:
                 async with repository.transaction(self._pool) as conn:
@@ -42,7 +43,7 @@ class Catalog:
     async def put_account(self, account: Account) -> bool:
         """Create or update an account; True if created."""
         validate_account(account, self._cache.plans)
-        async with self._write_lock:
+        async with self._state_lock:
             existing = self._cache.accounts.get(account.account_id)
             if existing is not None and self._cache.account_has_sims(account.account_id):
                 for name in ("currency", "timezone", "billing_day"):

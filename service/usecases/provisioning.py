@@ -25,7 +25,8 @@ from service.domain.iccid import iccid_problem
 from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
 from service.domain.periods import next_period, period_containing
 from service.ops.clock import Clock
-from service.state.cache import StateCache, StateLock
+from service.state.cache import StateCache
+from service.state.lock import StateLock
 from service.storage import repository
 
 MAX_ICCIDS_PER_CALL = 10_000
@@ -49,12 +50,12 @@ class ProvisionResult:
 
 class Provisioning:
     def __init__(
-        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, write_lock: StateLock
+        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, state_lock: StateLock
     ) -> None:
         self._pool = pool
         self._cache = cache
         self._clock = clock
-        self._write_lock = write_lock
+        self._state_lock = state_lock
         # ICCIDs of provisioning commits whose outcome is unknown (see module doc).
         self._in_doubt: set[str] = set()
 
@@ -83,7 +84,7 @@ class Provisioning:
             raise FailedPrecondition(
                 f"plan currency {plan.currency} differs from account currency {account.currency}"
             )
-        async with self._write_lock:
+        async with self._state_lock:
             results: list[ProvisionResult] = []
             new: dict[str, Sim] = {}
             for iccid in iccids:
@@ -210,7 +211,7 @@ class Provisioning:
     async def _transition(self, iccid: str, change: Callable[[Sim], Sim]) -> Sim:
         if not iccid:
             raise InvalidArgument("iccid", "is required")
-        async with self._write_lock:
+        async with self._state_lock:
             sim = self._cache.sim(iccid)
             changed = change(sim)
             if changed is sim:
