@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
-from service.domain.activation import activation_deadline
+from service.domain.activation import activation_deadline, started_sim
 from service.domain.errors import StorageUnavailable
 from service.domain.model import BillingStartReason, Sim
-from service.ingestion.engine import UsageEngine, started_sim
+from service.ingestion.engine import UsageEngine
 from service.ops.clock import Clock
 from service.ops.metrics import Metrics
 from service.state.cache import StateCache

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rating.v1 import types_pb2 as pb
 from service.domain import model as m
 from service.domain.errors import InvalidArgument
+from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY, id_problem
 from service.ingestion.engine import InvalidRecord, RecordResult
 
 E = TypeVar("E", bound=enum.Enum)
@@ -170,22 +171,8 @@ def usage_quantities(pairs: Iterable[tuple[m.UsageType, int]]) -> list[pb.UsageQ
 
 # --- usage ---------------------------------------------------------------------------------
 
-_MAX_ID = 128
-# One record is one session's usage: 10**12 bytes, seconds (31,000 years) or messages is far
-# beyond any real one. Without a bound, a few int64-sized records overflow the int64 period
-# totals and invoice lines (GetSimStatus and GetBillPreview failed INTERNAL).
-MAX_RECORD_QUANTITY = 10**12
+_MAX_ID = MAX_ID_LENGTH
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _id_problem(value: str, required: bool) -> str | None:
-    if not value:
-        return "is required" if required else None
-    if len(value) > _MAX_ID:
-        return f"longer than {_MAX_ID} characters"
-    if not value.isprintable():
-        return "contains control characters"
-    return None
 
 
 def records_from_proto(
@@ -194,7 +181,9 @@ def records_from_proto(
     """Domain records, each bad one replaced by an InvalidRecord naming its first bad field.
 
     The ingestion hot path: one loop for the batch, a well-formed record passes the cheap
-    tests inline, and only a record failing one goes through `record_from_proto`.
+    tests inline (the rules of `domain.limits`, written out), and only a record failing one
+    goes through `record_from_proto`, which applies them one by one and names the field.
+    A test checks that both paths agree.
     """
     out: list[m.UsageRecord | InvalidRecord] = []
     append = out.append
@@ -255,7 +244,7 @@ def _invalid_ids(record_id: str, iccid: str, session_id: str) -> InvalidRecord |
         ("iccid", iccid, True),
         ("session_id", session_id, False),
     ):
-        problem = _id_problem(value, required)
+        problem = id_problem(value, required=required)
         if problem is not None:
             return InvalidRecord(record_id[:_MAX_ID], field, problem)
     return None

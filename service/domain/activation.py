@@ -9,11 +9,20 @@ means calling it again with one more record.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from service.domain.model import ActivationMode, BillingStartReason, Plan, Threshold, UsageType
+from service.domain.model import (
+    ActivationMode,
+    BillingStartReason,
+    Plan,
+    Sim,
+    SimState,
+    Threshold,
+    UsageType,
+)
 
 
 def first_use_time(
@@ -80,6 +89,14 @@ def decide_billing_start(
     if deadline is not None and (now >= deadline or first_use is not None):
         return deadline, BillingStartReason.GRACE_EXPIRED
     return None
+
+
+def started_sim(sim: Sim, start: datetime, reason: BillingStartReason) -> Sim:
+    """The SIM with billing started at `start`; a PROVISIONED SIM becomes ACTIVE."""
+    state = SimState.ACTIVE if sim.state is SimState.PROVISIONED else sim.state
+    return dataclasses.replace(
+        sim, state=state, billing_started_at=start, billing_start_reason=reason
+    )
 
 
 def is_charged(event_time: datetime, billing_started_at: datetime | None) -> bool:

@@ -53,12 +53,17 @@ def _period_from(year: int, month: int, timezone: str, billing_day: int) -> Peri
     )
 
 
+def is_period_name(name: str) -> bool:
+    """A `YYYY-MM` period name: year 0001 or later, month 01-12."""
+    match = _PERIOD_NAME.fullmatch(name)
+    return match is not None and int(match.group(1)) >= 1
+
+
 def parse_period_name(name: str) -> tuple[int, int]:
     """(year, month) of a `YYYY-MM` period name; InvalidArgument("period") otherwise."""
-    match = _PERIOD_NAME.fullmatch(name)
-    if match is None or int(match.group(1)) < 1:
+    if not is_period_name(name):
         raise InvalidArgument("period", f"must be YYYY-MM with month 01-12, got {name!r}")
-    return int(match.group(1)), int(match.group(2))
+    return int(name[:4]), int(name[5:])
 
 
 def local_date(instant: datetime, timezone: str) -> date:

@@ -7,12 +7,20 @@ chargeable quantity at once, so per-record estimates need not add up to it exact
 
 from __future__ import annotations
 
+from service.domain.limits import INT64_MAX
 from service.domain.model import UsageRate
 from service.domain.money import scaled_tier_price
 
 # Estimates travel in int64 fields; an absurd quantity (2**62 SMS) must not make one
 # unrepresentable, so they saturate here. Invoices never use estimates.
-MAX_ESTIMATE_MICROS = 2**63 - 1
+MAX_ESTIMATE_MICROS = INT64_MAX
+
+
+def allowance(rate: UsageRate, billed_sims_on_plan: int) -> int:
+    """The included quantity a period's usage is priced against: the SIM's own
+    `included_quantity`, or for a pooled rate the account's pool, included x the SIMs
+    currently billed on the plan."""
+    return rate.included_quantity * billed_sims_on_plan if rate.pooled else rate.included_quantity
 
 
 def rated_quantity(quantity: int, rate: UsageRate | None) -> int:

@@ -7,13 +7,13 @@ fix. Integers are also bounded by the int64 range PostgreSQL `bigint` columns ca
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from service.domain.errors import InvalidArgument
+from service.domain.limits import INT64_MAX, MAX_ID_LENGTH
 from service.domain.model import (
     Account,
     ActivationMode,
@@ -24,10 +24,8 @@ from service.domain.model import (
     UsageRate,
 )
 from service.domain.money import is_currency
+from service.domain.periods import is_period_name
 
-MAX_ID_LENGTH = 128
-INT64_MAX = 2**63 - 1
-_PERIOD_NAME = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 # Keys zoneinfo accepts that are not IANA zone names: they follow the host's configuration.
 _NOT_IANA = frozenset({"localtime", "posixrules"})
 
@@ -163,7 +161,7 @@ def _check_schedule(
     previous: str | None = None
     for i, step in enumerate(steps):
         field = f"account.commitment_schedule[{i}]"
-        if not _PERIOD_NAME.fullmatch(step.effective_period) or step.effective_period < "0001":
+        if not is_period_name(step.effective_period):
             raise InvalidArgument(f"{field}.effective_period", "must be YYYY-MM with month 01-12")
         if previous is not None and step.effective_period <= previous:
             raise InvalidArgument(

@@ -16,7 +16,6 @@ Nothing here touches the database, so the cache only ever shows committed record
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import itertools
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +25,13 @@ from typing import NamedTuple
 
 import structlog
 
-from service.domain.activation import decide_billing_start, first_use_time
+from service.domain.activation import (
+    decide_billing_start,
+    first_use_time,
+    is_charged,
+    started_sim,
+)
+from service.domain.limits import CLOCK_SKEW_TOLERANCE, INT64_MAX
 from service.domain.model import (
     USAGE_TYPES_BY_VALUE,
     Account,
@@ -34,7 +39,6 @@ from service.domain.model import (
     BillingStartReason,
     Plan,
     Sim,
-    SimState,
     UsageRate,
     UsageRecord,
     UsageType,
@@ -46,10 +50,9 @@ from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCoun
 
 log = structlog.get_logger("usage")
 
-MAX_RECORD_ID_LENGTH = 128
-MAX_SESSION_ID_LENGTH = 128
-FUTURE_TOLERANCE = timedelta(minutes=5)
-INT64_MAX = 2**63 - 1
+_FUTURE_DETAIL = (
+    f"event_time more than {CLOCK_SKEW_TOLERANCE // timedelta(minutes=1)} minutes ahead"
+)
 REBUILD_CHUNK = 10_000  # records recounted at a time at start
 
 
@@ -165,7 +168,7 @@ class UsageEngine:
         sims, accounts, plans, settled = cache.sims, cache.accounts, cache.plans, cache.settled
         find_period = self.periods.find
         now = self._clock.now()
-        latest = now + FUTURE_TOLERANCE
+        latest = now + CLOCK_SKEW_TOLERANCE
         new = tuple.__new__
         # The ingestion hot path. Records of a batch mostly share an account period and a
         # plan rate: the last ones found are tried first, with identity tests only.
@@ -191,11 +194,7 @@ class UsageEngine:
                 append(RecordResult(record_id, RecordStatus.UNKNOWN_SIM, f"iccid {iccid!r}"))
                 continue
             if event_time > latest:
-                append(
-                    RecordResult(
-                        record_id, RecordStatus.FUTURE_EVENT, "event_time more than 5 minutes ahead"
-                    )
-                )
+                append(RecordResult(record_id, RecordStatus.FUTURE_EVENT, _FUTURE_DETAIL))
                 continue
             if event_time < sim.provisioned_at:
                 append(
@@ -327,7 +326,7 @@ class UsageEngine:
         assert start is not None
         still_uncharged = []
         for record in usage.uncharged:
-            if record.event_time >= start:
+            if is_charged(record.event_time, start):
                 self._charge(
                     sim,
                     usage.counters(record.period, record.usage_type),
@@ -372,13 +371,13 @@ class UsageEngine:
             counters.records += 1
             start = sim.billing_started_at
             charge = 0
-            if start is not None and event_time >= start:
+            if is_charged(event_time, start):
                 charged = True
                 if rate is None:
                     pass  # not priced: counted as charged usage at no price
                 elif rate.pooled:
                     if estimate:
-                        used, included = allowance_position(cache, sim, rate, period)
+                        used, included = cache.allowance_position(sim, rate, period)
                         if used + rated > included:  # else all inside the allowance
                             charge = estimate_charge(rate, used, rated, included)
                     pool_used[(sim.account_id, sim.plan_id, period, usage_type)] += rated
@@ -435,27 +434,3 @@ class UsageEngine:
             self._count(chunk, {}, estimate=False)
             count += len(chunk)
         return count
-
-
-def allowance_position(
-    cache: StateCache, sim: Sim, rate: UsageRate, period: str
-) -> tuple[int, int]:
-    """(charged rated quantity so far, allowance) that a new record of the SIM is priced at.
-
-    Per-SIM allowances: the SIM's own usage against `included_quantity`. Pooled: the
-    account's usage on the plan against included x the SIMs currently billed on it.
-    """
-    if rate.pooled:
-        key = (sim.account_id, sim.plan_id)
-        used = cache.pool_used.get((*key, period, rate.usage_type), 0)
-        return used, rate.included_quantity * cache.started_on_plan[key]
-    counters = cache.usage_of(sim.iccid).period(period).get(rate.usage_type)
-    return (counters.charged_rated_quantity if counters else 0), rate.included_quantity
-
-
-def started_sim(sim: Sim, start: datetime, reason: BillingStartReason) -> Sim:
-    """The SIM with billing started at `start`; a PROVISIONED SIM becomes ACTIVE."""
-    state = SimState.ACTIVE if sim.state is SimState.PROVISIONED else sim.state
-    return dataclasses.replace(
-        sim, state=state, billing_started_at=start, billing_start_reason=reason
-    )

@@ -21,8 +21,10 @@ from service.domain.model import (
     SimPeriodFacts,
     SimState,
     SimUsageFacts,
+    UsageRate,
     UsageType,
 )
+from service.domain.rating import allowance
 
 
 @dataclass(slots=True)
@@ -134,6 +136,17 @@ class StateCache:
             return self.sims[iccid]
         except KeyError:
             raise NotFound(f"SIM {iccid!r} not found") from None
+
+    def allowance_position(self, sim: Sim, rate: UsageRate, period: str) -> tuple[int, int]:
+        """(charged rated quantity so far, allowance) a new record of the SIM is priced at:
+        the SIM's own usage, or for a pooled rate the account's usage on the plan, against
+        `domain.rating.allowance`."""
+        if rate.pooled:
+            key = (sim.account_id, sim.plan_id)
+            used = self.pool_used.get((*key, period, rate.usage_type), 0)
+            return used, allowance(rate, self.started_on_plan[key])
+        counters = self.usage_of(sim.iccid).period(period).get(rate.usage_type)
+        return (counters.charged_rated_quantity if counters else 0), allowance(rate, 1)
 
     def usage_of(self, iccid: str) -> SimUsage:
         """The SIM's usage (read-only: a shared empty value when it has none)."""

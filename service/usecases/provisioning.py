@@ -16,12 +16,13 @@ import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
 from service.domain.errors import FailedPrecondition, InvalidArgument, StorageUnavailable
 from service.domain.iccid import iccid_problem
+from service.domain.limits import CLOCK_SKEW_TOLERANCE
 from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
 from service.domain.periods import next_period, period_containing
 from service.ops.clock import Clock
@@ -31,7 +32,6 @@ from service.storage import repository
 
 MAX_ICCIDS_PER_CALL = 10_000
 # Times a caller gives may run this far ahead of our clock (clock skew between systems).
-CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 
 
 class ProvisionStatus(enum.Enum):

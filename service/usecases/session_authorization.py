@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from service.domain.errors import InvalidArgument
 from service.domain.model import ActivationMode, SimState, UsageType
 from service.domain.rating import estimate_charge, marginal_price, rated_quantity
-from service.ingestion.engine import PeriodLookup, allowance_position
+from service.ingestion.engine import PeriodLookup
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 
@@ -69,7 +69,7 @@ def authorize(
     price = unit = remaining = estimate = 0
     if rate is not None:
         period = periods.name(cache.accounts[sim.account_id], clock.now())
-        used, included = allowance_position(cache, sim, rate, period)
+        used, included = cache.allowance_position(sim, rate, period)
         price = marginal_price(rate, max(0, used - included))
         unit = rate.unit_quantity
         remaining = max(0, included - used)
