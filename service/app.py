@@ -40,12 +40,13 @@ from service.api.clock import ClockServicer
 from service.api.interceptor import ObservabilityInterceptor
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
-from service.domain.model import ActivationMode, Sim, SimState
+from service.domain.model import Sim
 from service.ingestion.engine import UsageEngine
 from service.ops.clock import Clock, SystemClock, TestClock
 from service.ops.metrics import Metrics
 from service.ops.settings import Settings
 from service.state.cache import StateCache
+from service.state.gauges import SimGauges
 from service.state.lock import StateLock
 from service.storage import database, repository
 from service.usecases.billing import Billing
@@ -86,7 +87,6 @@ class Application:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self._stopping = False
-        self._waiting = 0  # FIRST_USE SIMs whose billing has not started
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -111,9 +111,8 @@ class Application:
         )
         for sim in self.cache.sims.values():
             self.activation.track(sim)
-            self._waiting += _waits_for_first_use(self.cache, sim)
-        self.cache.sim_listeners.append(self._sim_changed)
-        self._count_states()
+        self.cache.sim_listeners.append(self._track_deadline)
+        self.cache.sim_listeners.append(SimGauges(self.cache, self.metrics).sim_changed)
         await self.activation.run_once(self.clock.now())  # deadlines passed while stopped
         self.persister = Persister(
             self.pool,
@@ -170,7 +169,6 @@ class Application:
                     records += self.engine.rebuild(batch)
                     batch.clear()
             records += self.engine.rebuild(batch)
-        self.cache.loaded = True
         log.info(
             "cache loaded",
             plans=len(self.cache.plans),
@@ -188,26 +186,9 @@ class Application:
             rejected_start=start,
         )
 
-    def _sim_changed(self, previous: Sim | None, sim: Sim) -> None:
+    def _track_deadline(self, previous: Sim | None, sim: Sim) -> None:
         if previous is None or previous.provisioned_at != sim.provisioned_at:
             self.activation.track(sim)
-        if sim.billing_started_at is not None and (
-            previous is None or previous.billing_started_at is None
-        ):
-            reason = sim.billing_start_reason.name if sim.billing_start_reason else "UNKNOWN"
-            self.metrics.activations.labels(reason).inc()
-        self._waiting += _waits_for_first_use(self.cache, sim)
-        if previous is not None:
-            self._waiting -= _waits_for_first_use(self.cache, previous)
-        # Only the gauges this change moved: bulk changes call this once per SIM.
-        for state in {sim.state, previous.state if previous else sim.state}:
-            self.metrics.sims.labels(state.name).set(self.cache.state_counts[state])
-        self.metrics.activation_pending.set(self._waiting)
-
-    def _count_states(self) -> None:
-        for state, count in self.cache.state_counts.items():
-            self.metrics.sims.labels(state.name).set(count)
-        self.metrics.activation_pending.set(self._waiting)
 
     async def _start_grpc(self, catalog: Catalog, provisioning: Provisioning) -> None:
         if self.auth.open:
@@ -324,12 +305,3 @@ class Application:
             except TimeoutError:
                 self._pool.terminate()
         log.info("stopped")
-
-
-def _waits_for_first_use(cache: StateCache, sim: Sim) -> int:
-    plan = cache.plans[sim.plan_id]
-    return int(
-        plan.activation_mode is ActivationMode.FIRST_USE
-        and sim.billing_started_at is None
-        and sim.state is not SimState.TERMINATED
-    )

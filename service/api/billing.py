@@ -1,4 +1,4 @@
-"""BillingService: bill previews, settlement and invoices (proto <-> domain only)."""
+"""BillingService: bill previews, settlement and invoices (the conversions are in `convert`)."""
 
 from __future__ import annotations
 
@@ -6,37 +6,8 @@ import grpc
 
 from rating.v1 import billing_service_pb2 as pb
 from rating.v1 import billing_service_pb2_grpc as pb_grpc
-from rating.v1 import types_pb2 as types
-from service.api.convert import time_to_proto
-from service.domain.model import Invoice
+from service.api.convert import invoice_to_proto
 from service.usecases.billing import Billing
-
-
-def invoice_to_proto(invoice: Invoice) -> types.Invoice:
-    out = types.Invoice(
-        account_id=invoice.account_id,
-        period=invoice.period.name,
-        currency=invoice.currency,
-        billable_sims=invoice.billable_sims,
-        lines=[
-            types.InvoiceLine(
-                kind=line.kind.value,  # type: ignore[arg-type]
-                plan_id=line.plan_id,
-                usage_type=line.usage_type.value if line.usage_type else 0,  # type: ignore[arg-type]
-                quantity=line.quantity,
-                chargeable_quantity=line.chargeable_quantity,
-                amount_micros=line.amount_micros,
-                description=line.description,
-            )
-            for line in invoice.lines
-        ],
-        total_micros=invoice.total_micros,
-        final=invoice.final,
-    )
-    time_to_proto(invoice.period.start, out.period_start)
-    time_to_proto(invoice.period.end, out.period_end)
-    time_to_proto(invoice.settled_at, out.settled_at)
-    return out
 
 
 class BillingServicer(pb_grpc.BillingServiceServicer):

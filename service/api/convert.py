@@ -1,4 +1,5 @@
-"""Proto messages <-> domain objects. No rules here beyond field presence and enum range."""
+"""Proto messages <-> domain objects, every conversion of the API in one place. No rules here
+beyond field presence and enum range (the bounds are `domain.limits`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from service.domain import model as m
 from service.domain.errors import InvalidArgument
 from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY, id_problem
 from service.ingestion.engine import InvalidRecord, RecordResult
+from service.usecases.sim_status import SimView
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -271,3 +273,58 @@ def add_results(
             result.estimated_charge_micros = charge
         if started:
             result.started_billing = True
+
+
+# --- SIM status and invoices ---------------------------------------------------------------
+
+
+def sim_status_to_proto(view: SimView) -> pb.SimStatus:
+    sim = view.sim
+    out = pb.SimStatus(
+        iccid=sim.iccid,
+        account_id=sim.account_id,
+        plan_id=sim.plan_id,
+        state=sim.state.value,  # type: ignore[arg-type]
+        billing_start_reason=(
+            sim.billing_start_reason.value if sim.billing_start_reason else 0  # type: ignore[arg-type]
+        ),
+        first_use_progress=[
+            pb.FirstUseProgress(usage_type=t.value, quantity=q, threshold=limit)  # type: ignore[arg-type]
+            for t, q, limit in view.first_use_progress
+        ],
+        current_period=view.current_period,
+        period_usage=usage_quantities(view.period_usage),
+    )
+    time_to_proto(sim.provisioned_at, out.provisioned_at)
+    time_to_proto(sim.billing_started_at, out.billing_started_at)
+    time_to_proto(view.activation_deadline, out.activation_deadline)
+    time_to_proto(sim.terminated_at, out.terminated_at)
+    time_to_proto(sim.suspended_at, out.suspended_at)
+    return out
+
+
+def invoice_to_proto(invoice: m.Invoice) -> pb.Invoice:
+    out = pb.Invoice(
+        account_id=invoice.account_id,
+        period=invoice.period.name,
+        currency=invoice.currency,
+        billable_sims=invoice.billable_sims,
+        lines=[
+            pb.InvoiceLine(
+                kind=line.kind.value,  # type: ignore[arg-type]
+                plan_id=line.plan_id,
+                usage_type=line.usage_type.value if line.usage_type else 0,  # type: ignore[arg-type]
+                quantity=line.quantity,
+                chargeable_quantity=line.chargeable_quantity,
+                amount_micros=line.amount_micros,
+                description=line.description,
+            )
+            for line in invoice.lines
+        ],
+        total_micros=invoice.total_micros,
+        final=invoice.final,
+    )
+    time_to_proto(invoice.period.start, out.period_start)
+    time_to_proto(invoice.period.end, out.period_end)
+    time_to_proto(invoice.settled_at, out.settled_at)
+    return out

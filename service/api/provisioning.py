@@ -8,7 +8,6 @@ from rating.v1 import provisioning_service_pb2 as pb
 from rating.v1 import provisioning_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2
 from service.api import convert
-from service.api.status import sim_status_to_proto
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 from service.usecases.provisioning import Provisioning
@@ -22,7 +21,7 @@ class ProvisioningServicer(pb_grpc.ProvisioningServiceServicer):
         self._clock = clock
 
     def _status(self, iccid: str) -> types_pb2.SimStatus:
-        return sim_status_to_proto(sim_view(self._cache, self._clock, iccid))
+        return convert.sim_status_to_proto(sim_view(self._cache, self._clock, iccid))
 
     async def ProvisionSims(
         self, request: pb.ProvisionSimsRequest, context: grpc.aio.ServicerContext

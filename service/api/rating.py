@@ -11,7 +11,6 @@ from rating.v1 import rating_service_pb2 as pb
 from rating.v1 import rating_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2 as types_pb
 from service.api import convert
-from service.api.status import sim_status_to_proto
 from service.domain.errors import InvalidArgument, Overloaded
 from service.domain.model import UsageRecord, UsageType
 from service.ingestion.engine import InvalidRecord, PeriodLookup, RecordResult
@@ -51,7 +50,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         if not request.iccid:
             raise InvalidArgument("iccid", "is required")
         view = sim_view(self._cache, self._clock, request.iccid)
-        return pb.GetSimStatusResponse(status=sim_status_to_proto(view))
+        return pb.GetSimStatusResponse(status=convert.sim_status_to_proto(view))
 
     async def AuthorizeSession(
         self, request: pb.AuthorizeSessionRequest, context: grpc.aio.ServicerContext

@@ -88,10 +88,6 @@ class Settings:
             max_streams=_non_negative_int(raw, "RATING_MAX_STREAMS"),
         )
 
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert_file is not None
-
 
 def _non_negative_int(raw: Mapping[str, str], name: str) -> int:
     try:

@@ -110,7 +110,6 @@ class StateCache:
         # and the SIMs per (account, plan) whose billing has started and not ended.
         self.pool_used: defaultdict[tuple[str, str, str, UsageType], int] = defaultdict(int)
         self.started_on_plan: Counter[tuple[str, str]] = Counter()
-        self.loaded = False
         # Bumped by every change that can alter how a usage record is checked (plans,
         # accounts, SIMs, settled periods): a check made at an older version is redone.
         self.version = 0
