@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import clock_service_pb2 as k
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from tests.support import T0, Stubs, data_plan, first_use_plan
+from tests.billing_support import (
+    get_invoice,
+    preview,
+    provision,
+    put_account,
+    put_plans,
+    settle,
+    utc,
+)
+from tests.conftest import AppFactory
+from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
 from tests.usage_support import account_with_sims, rate, record
 
 MiB = 1_048_576
@@ -179,3 +190,104 @@ async def test_first_use_plan_round_trips(stubs: Stubs) -> None:
     await stubs.catalog.PutPlan(c.PutPlanRequest(plan=first_use_plan("FU")))
     got = await stubs.catalog.GetPlan(c.GetPlanRequest(plan_id="FU"))
     assert got.plan == first_use_plan("FU")
+
+
+# --- corrections next to a settled period --------------------------------------------------
+# February is settled on demand while January is still open (the late-usage window is longer
+# than February), then a late January record moves first use back into January. Periods are
+# in the accounts' time zone, an hour ahead of UTC in winter.
+
+ZONE = "Europe/Berlin"
+FEBRUARY = datetime(2026, 2, 1, tzinfo=ZoneInfo(ZONE))  # 2026-01-31 23:00 UTC
+WINDOW = timedelta(days=40)  # January is due on 2026-03-13, after February has ended
+MARCH = utc(2026, 3, 1)
+
+
+async def settled_february(stubs: Stubs, grace: timedelta) -> tuple[str, str, t.Invoice]:
+    """SIM `late` on account A, whose January records stay below the threshold until
+    February is settled (the record reaching it is left to the caller), and SIM `on_time`
+    on account B with the same records, all in time.
+    The FIRST_USE plan (20 MiB) starts billing at provisioning (T0) + `grace` at the latest.
+    Returns (late, on_time, A's February invoice); the clock is at 2026-03-01."""
+    plan = first_use_plan("FU", threshold=20 * MiB)
+    plan.activation.grace_period.FromTimedelta(grace)
+    await put_plans(stubs, plan)
+    late, on_time = iccids(1, 2)
+    for account_id, iccid in (("A", late), ("B", on_time)):
+        await put_account(stubs, account_id, timezone=ZONE)
+        await provision(stubs, [iccid], T0, plan_id="FU", account_id=account_id)
+    await advance(stubs, utc(2026, 1, 21))
+    await rate(stubs, record("b-jan10", on_time, 20 * MiB, when=utc(2026, 1, 10)))
+    for tag, iccid in (("a", late), ("b", on_time)):
+        await rate(
+            stubs,
+            record(f"{tag}-jan05", iccid, 500_000, when=utc(2026, 1, 5)),
+            record(f"{tag}-jan20", iccid, 12 * MiB, when=utc(2026, 1, 20)),
+        )
+    await advance(stubs, utc(2026, 2, 15))
+    got = await status(stubs, late)
+    assert got.billing_start_reason == t.BILLING_START_REASON_GRACE_EXPIRED
+    assert got.billing_started_at.ToDatetime(UTC) == T0 + grace
+    for tag, iccid in (("a", late), ("b", on_time)):
+        await rate(stubs, record(f"{tag}-feb10", iccid, 15 * MiB, when=utc(2026, 2, 10)))
+    await advance(stubs, MARCH)
+    february = await settle(stubs, "2026-02", "A")
+    assert (await preview(stubs, "2026-01", "A")).lines == [], "A is not billed in January yet"
+    return late, on_time, february
+
+
+async def test_correction_ending_where_a_settled_period_starts_is_applied(
+    start_app: AppFactory,
+) -> None:
+    # Grace expiry started billing at February's start: the correction spans
+    # [Jan 10, Feb 1), wholly inside open January, and leaves settled February as it was.
+    app, stubs = await start_app(late_usage_window=WINDOW)
+    late, on_time, february = await settled_february(stubs, FEBRUARY - T0)
+    [result] = await rate(stubs, record("a-jan10", late, 20 * MiB, when=utc(2026, 1, 10)))
+    assert result.status == t.RECORD_STATUS_RATED
+    assert result.charged and result.started_billing
+    got = await status(stubs, late)
+    assert got.billing_start_reason == t.BILLING_START_REASON_FIRST_USE
+    assert got.billing_started_at.ToDatetime() == naive(utc(2026, 1, 10))
+    assert (await status(stubs, on_time)).billing_started_at == got.billing_started_at
+    value = app.metrics.registry.get_sample_value
+    assert value("rating_activation_corrections_rejected_total") == 0
+    assert await get_invoice(stubs, "2026-02", "A") == february
+    january_before_restart = await preview(stubs, "2026-01", "A")
+
+    # The corrected start is stored: a restart rebuilds the same state from the database.
+    await app.stop()
+    _, stubs = await start_app(late_usage_window=WINDOW, clock_start=MARCH)
+    assert await status(stubs, late) == got
+    january = await settle(stubs, "2026-01", "A")
+    assert january.lines == january_before_restart.lines
+    # January bills the SIM exactly like the one whose records all came in time: the
+    # subscription from Jan 10 and the usage from Jan 10 on.
+    expected = await settle(stubs, "2026-01", "B")
+    assert [x.kind for x in january.lines] == [t.LINE_KIND_SUBSCRIPTION, t.LINE_KIND_USAGE]
+    assert january.lines == expected.lines and january.total_micros == expected.total_micros
+    assert january.lines[0].quantity == 1
+    assert january.lines[1].quantity == 20 * MiB + 12 * MiB
+    # February is unchanged, and is what it would have been with the records in time.
+    assert await get_invoice(stubs, "2026-02", "A") == february
+    assert february.lines == (await settle(stubs, "2026-02", "B")).lines
+
+
+async def test_correction_reaching_into_a_settled_period_is_rejected(
+    start_app: AppFactory,
+) -> None:
+    # Billing started one second into February: the correction [Jan 10, Feb 1 00:00:01)
+    # would reach settled February, so it is refused and February stays as settled.
+    app, stubs = await start_app(late_usage_window=WINDOW)
+    grace = FEBRUARY - T0 + timedelta(seconds=1)
+    late, _, february = await settled_february(stubs, grace)
+    before = await status(stubs, late)
+    [result] = await rate(stubs, record("a-jan10", late, 20 * MiB, when=utc(2026, 1, 10)))
+    assert result.status == t.RECORD_STATUS_RATED
+    assert not result.charged and not result.started_billing
+    got = await status(stubs, late)
+    assert got.billing_start_reason == t.BILLING_START_REASON_GRACE_EXPIRED
+    assert got.billing_started_at == before.billing_started_at
+    value = app.metrics.registry.get_sample_value
+    assert value("rating_activation_corrections_rejected_total") == 1
+    assert await get_invoice(stubs, "2026-02", "A") == february

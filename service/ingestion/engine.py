@@ -293,10 +293,16 @@ class UsageEngine:
         return started_sim(sim, new_start, reason)
 
     def _reaches_settled_period(self, sim: Sim, new_start: datetime) -> bool:
+        """Whether moving billing start to `new_start` changes a settled period.
+
+        The move changes [new_start, old start) (up to now if billing had not started: no
+        later period can be settled). Periods are half-open too, so a settled period that
+        starts at the old start is not reached.
+        """
         account = self._cache.accounts[sim.account_id]
         until = sim.billing_started_at or self._clock.now()
         period = period_containing(new_start, account.timezone, account.billing_day)
-        while period.start <= until:
+        while period.start < until:
             if (sim.account_id, period.name) in self._cache.settled:
                 return True
             period = next_period(period, account.timezone, account.billing_day)
