@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from rating.v1 import catalog_service_pb2 as c
-from rating.v1 import clock_service_pb2 as k
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from tests.billing_support import (
+from tests.conftest import AppFactory
+from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
+from tests.support.billing import (
+    advance,
     get_invoice,
     preview,
     provision,
@@ -19,9 +21,7 @@ from tests.billing_support import (
     settle,
     utc,
 )
-from tests.conftest import AppFactory
-from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
-from tests.usage_support import account_with_sims, rate, record
+from tests.support.usage import account_with_sims, rate, record
 
 MiB = 1_048_576
 DEADLINE = T0 + timedelta(days=30)
@@ -33,12 +33,6 @@ def naive(when: datetime) -> datetime:
 
 async def status(stubs: Stubs, iccid: str) -> t.SimStatus:
     return (await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=iccid))).status
-
-
-async def advance(stubs: Stubs, to: datetime) -> None:
-    request = k.AdvanceTimeRequest()
-    request.to.FromDatetime(to)
-    await stubs.clock.AdvanceTime(request)
 
 
 async def fu_sims(stubs: Stubs, count: int = 1, plan: t.Plan | None = None) -> list[str]:

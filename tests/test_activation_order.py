@@ -30,7 +30,7 @@ from service.ingestion.engine import UsageEngine
 from service.ops.clock import TestClock
 from service.state.cache import StateCache
 from tests.support import T0
-from tests.usage_support import replay
+from tests.support.usage import replay
 
 PLAN = Plan(
     plan_id="FU",

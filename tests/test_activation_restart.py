@@ -15,8 +15,8 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from tests.conftest import AppFactory
 from tests.support import T0, ServerProcess, Stubs, first_use_plan, iccids
+from tests.support.usage import account_with_sims, rate, record
 from tests.test_activation import DEADLINE, advance, naive, status
-from tests.usage_support import account_with_sims, rate, record
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,9 @@ import grpc
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from tests.billing_support import (
+from tests.conftest import AppFactory
+from tests.support import T0, Stubs, data_plan
+from tests.support.billing import (
     EUR,
     SIM1,
     MiB,
@@ -28,9 +30,7 @@ from tests.billing_support import (
     utc,
     worked_example,
 )
-from tests.conftest import AppFactory
-from tests.support import T0, Stubs, data_plan
-from tests.usage_support import rate, record
+from tests.support.usage import rate, record
 
 
 async def test_worked_example_is_ten_euros(stubs: Stubs) -> None:

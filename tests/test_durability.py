@@ -28,9 +28,9 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.ops.metrics import Metrics
 from tests import conftest
-from tests.pg_control import StoppablePostgres
 from tests.support import ServerProcess, Stubs
-from tests.usage_support import account_with_sims, record
+from tests.support.postgres import StoppablePostgres
+from tests.support.usage import account_with_sims, record
 
 pytestmark = pytest.mark.slow
 

@@ -42,9 +42,9 @@ from service.ops.metrics import Metrics
 from service.storage.repository import init_connection
 from tests import conftest
 from tests.conftest import AppFactory
-from tests.pg_control import CommitAnswerLost, StoppablePostgres
 from tests.support import ServerProcess, Stubs, data_plan, iccids
-from tests.usage_support import account_with_sims, record
+from tests.support.postgres import CommitAnswerLost, StoppablePostgres
+from tests.support.usage import account_with_sims, record
 
 pytestmark = pytest.mark.slow
 

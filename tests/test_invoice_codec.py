@@ -22,10 +22,10 @@ from service.storage.invoice_codec import (
     invoice_from_json,
     invoice_to_json,
 )
-from tests.billing_support import settle, worked_example
 from tests.conftest import AppFactory
-from tests.domain.builders import SIM1, SIM2, SIM3, account_a, plan_p, utc, worked_example_facts
 from tests.support import REPO
+from tests.support.billing import settle, worked_example
+from tests.support.builders import SIM1, SIM2, SIM3, account_a, plan_p, utc, worked_example_facts
 
 
 def january(final: bool = True) -> Invoice:

@@ -14,9 +14,9 @@ from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import rating_service_pb2 as r
 from service.api.api_keys import key_hash
 from service.app import SERVICE_NAMES
-from tests.certs import issue, make_ca, write
 from tests.conftest import AppFactory
 from tests.support import Stubs
+from tests.support.certs import issue, make_ca, write
 from tests.test_catalog import expect_error
 
 KEYS = {"oss": "k-oss", "mediation": "k-mediation", "billing": "k-billing", "admin": "k-admin"}

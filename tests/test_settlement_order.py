@@ -38,9 +38,9 @@ from service.domain.settlement import compute_invoice
 from service.ingestion.engine import UsageEngine
 from service.ops.clock import TestClock
 from service.state.cache import StateCache
-from tests.billing_support import advance, provision, put_account, put_plans, settle, step, utc
 from tests.support import T0, Stubs, first_use_plan, iccids
-from tests.usage_support import rate, record, replay
+from tests.support.billing import advance, provision, put_account, put_plans, settle, step, utc
+from tests.support.usage import rate, record, replay
 
 PLAN = Plan(
     plan_id="FU",

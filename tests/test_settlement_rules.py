@@ -9,7 +9,8 @@ from datetime import timedelta
 import grpc
 
 from rating.v1 import types_pb2 as t
-from tests.billing_support import (
+from tests.support import T0, Stubs, data_plan, iccids
+from tests.support.billing import (
     EUR,
     MiB,
     advance,
@@ -26,8 +27,7 @@ from tests.billing_support import (
     terminate,
     utc,
 )
-from tests.support import T0, Stubs, data_plan, iccids
-from tests.usage_support import rate, record
+from tests.support.usage import rate, record
 
 DEC_31 = T0 - timedelta(days=1)  # SIMs provisioned then bill the whole of January
 FEB_1 = utc(2026, 2, 1)

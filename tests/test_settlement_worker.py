@@ -9,7 +9,9 @@ import grpc
 
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from tests.billing_support import (
+from tests.conftest import AppFactory
+from tests.support import T0, Stubs, data_plan, iccids
+from tests.support.billing import (
     EUR,
     advance,
     amounts,
@@ -22,9 +24,7 @@ from tests.billing_support import (
     settle,
     utc,
 )
-from tests.conftest import AppFactory
-from tests.support import T0, Stubs, data_plan, iccids
-from tests.usage_support import rate, record
+from tests.support.usage import rate, record
 
 FEB_1 = utc(2026, 2, 1)
 

@@ -16,7 +16,7 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs, iccids, until
-from tests.usage_support import account_with_sims, period_usage, rate, record
+from tests.support.usage import account_with_sims, period_usage, rate, record
 
 S = t  # status names live on the types module
 

@@ -16,8 +16,7 @@ from service.domain.activation import (
     threshold_progress,
 )
 from service.domain.model import ActivationMode, BillingStartReason, Threshold, UsageType
-
-from .builders import JAN_1, MIB, PROPERTY, SIM1_RECORDS, plan_p, utc
+from tests.support.builders import JAN_1, MIB, PROPERTY, SIM1_RECORDS, plan_p, utc
 
 DATA_1MIB = (Threshold(UsageType.DATA, MIB),)
 

@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.domain.iccid import iccid_problem, luhn_check_digit, make_iccid
-
-from .builders import PROPERTY
+from tests.support.builders import PROPERTY
 
 
 def passes_luhn(number: str) -> bool:

@@ -17,8 +17,7 @@ from service.domain.money import (
     price_through_tiers,
     round_line,
 )
-
-from .builders import MIB, PROPERTY
+from tests.support.builders import MIB, PROPERTY
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,7 @@ from service.domain.periods import (
     period_days,
     period_named,
 )
-
-from .builders import PROPERTY, utc
+from tests.support.builders import PROPERTY, utc
 
 NEW_YORK = "America/New_York"
 

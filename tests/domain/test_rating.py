@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from service.domain.model import Tier
 from service.domain.money import price_through_tiers, round_half_up
 from service.domain.rating import estimate_charge, marginal_price, rated_quantity
-
-from .builders import MIB, PROPERTY, data_rate
+from tests.support.builders import MIB, PROPERTY, data_rate
 
 
 def test_worked_example_rated_quantities() -> None:

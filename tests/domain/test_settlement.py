@@ -30,8 +30,7 @@ from service.domain.money import minor_unit_micros, round_line
 from service.domain.periods import period_named
 from service.domain.rating import rated_quantity
 from service.domain.settlement import commitment_step_for, compute_invoice
-
-from .builders import (
+from tests.support.builders import (
     EUR,
     PROPERTY,
     SIM1,

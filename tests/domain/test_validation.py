@@ -19,8 +19,7 @@ from service.domain.model import (
     UsageType,
 )
 from service.domain.validation import validate_account, validate_plan
-
-from .builders import account_a, data_rate, plan_p
+from tests.support.builders import account_a, data_rate, plan_p
 
 TWO_TIERS = (Tier(up_to_quantity=100, price_micros=2), Tier(up_to_quantity=0, price_micros=1))
 

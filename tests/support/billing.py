@@ -4,7 +4,7 @@ and short calls to BillingService."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 import pytest
@@ -15,10 +15,10 @@ from rating.v1 import clock_service_pb2 as k
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import types_pb2 as t
 from tests.support import T0, Stubs, first_use_plan, iccids
-from tests.usage_support import rate, record
+from tests.support.builders import EUR, utc
+from tests.support.usage import rate, record
 
 MiB = 1_048_576
-EUR = 1_000_000  # micros
 KINDS = {
     t.LINE_KIND_SUBSCRIPTION: "SUBSCRIPTION",
     t.LINE_KIND_USAGE: "USAGE",
@@ -28,10 +28,6 @@ KINDS = {
 
 
 SIM1, SIM2, SIM3 = iccids(1, 3)
-
-
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def step(

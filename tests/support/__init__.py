@@ -26,7 +26,7 @@ from rating.v1 import (
 from rating.v1 import types_pb2 as t
 from service.domain.iccid import make_iccid
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
