@@ -14,14 +14,8 @@ from datetime import timedelta
 from service.domain.model import Invoice, UsageType
 from service.domain.periods import period_named
 from service.domain.settlement import compute_invoice
-from service.storage.invoice_codec import (
-    CSV_COLUMNS,
-    decimal_amount,
-    export_csv,
-    export_json,
-    invoice_from_json,
-    invoice_to_json,
-)
+from service.storage.invoice_codec import invoice_from_json, invoice_to_json
+from service.usecases.invoice_export import CSV_COLUMNS, decimal_amount, export_csv, export_json
 from tests.conftest import AppFactory
 from tests.support import REPO
 from tests.support.billing import settle, worked_example

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import asyncpg
 
 from service.domain.model import Invoice
-from service.storage import invoice_codec, repository
+from service.storage import repository
+from service.usecases import invoice_export
 
-FORMATS = {"json": invoice_codec.export_json, "csv": invoice_codec.export_csv}
+FORMATS = {"json": invoice_export.export_json, "csv": invoice_export.export_csv}
 
 
 async def fetch(url: str, account_id: str, period: str) -> Invoice | None:

@@ -1,0 +1,120 @@
+"""Invoice exports for finance: JSON is the stored document; CSV puts one row per invoice
+line, one row per SIM and usage type of the breakdown, and a total row, in one table
+(`section` column)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from service.domain.model import Invoice
+from service.domain.money import minor_unit_digits, minor_unit_micros
+from service.storage.invoice_codec import invoice_to_json
+
+
+def export_json(invoice: Invoice) -> str:
+    return json.dumps(invoice_to_json(invoice), indent=2) + "\n"
+
+
+CSV_COLUMNS = (
+    "section",  # line | sim | total
+    "account_id",
+    "period",
+    "currency",
+    "kind",
+    "plan_id",
+    "usage_type",
+    "iccid",
+    "billable",
+    "billed_days",
+    "subscription_micros_exact",
+    "quantity",
+    "raw_quantity",
+    "chargeable_quantity",
+    "amount",
+    "amount_micros",
+    "description",
+)
+
+
+def export_csv(invoice: Invoice) -> str:
+    """The invoice as one CSV table: lines, then the per-SIM breakdown, then the total.
+
+    Line rows carry the invoice line. SIM rows carry one SIM and one usage type it used
+    (quantity = charged rated quantity, raw_quantity = every accepted record), or a single
+    row without usage type for a SIM without usage; they never carry amounts, because an
+    amount is rounded per line, not per SIM.
+    """
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    header = {
+        "account_id": invoice.account_id,
+        "period": invoice.period.name,
+        "currency": invoice.currency,
+    }
+    for line in invoice.lines:
+        writer.writerow(
+            {
+                **header,
+                "section": "line",
+                "kind": line.kind.name,
+                "plan_id": line.plan_id,
+                "usage_type": line.usage_type.name if line.usage_type else "",
+                "quantity": line.quantity,
+                "chargeable_quantity": line.chargeable_quantity,
+                "amount": decimal_amount(line.amount_micros, invoice.currency),
+                "amount_micros": line.amount_micros,
+                "description": line.description,
+            }
+        )
+    for sim in invoice.sims:
+        common = {
+            **header,
+            "section": "sim",
+            "plan_id": sim.plan_id,
+            "iccid": sim.iccid,
+            "billable": str(sim.billable).lower(),
+            "billed_days": sim.billed_days,
+            "subscription_micros_exact": sim.subscription_micros_exact,
+        }
+        usage = sorted(sim.usage.items(), key=lambda item: item[0].value)
+        if not usage:
+            writer.writerow(common)
+        for usage_type, facts in usage:
+            writer.writerow(
+                {
+                    **common,
+                    "usage_type": usage_type.name,
+                    "quantity": facts.charged_rated_quantity,
+                    "raw_quantity": facts.raw_quantity,
+                }
+            )
+    writer.writerow(
+        {
+            **header,
+            "section": "total",
+            "quantity": invoice.billable_sims,
+            "amount": decimal_amount(invoice.total_micros, invoice.currency),
+            "amount_micros": invoice.total_micros,
+            "description": "total; quantity = billable SIMs",
+        }
+    )
+    return out.getvalue()
+
+
+def decimal_amount(micros: int, currency: str) -> str:
+    """Micros as a plain decimal in the currency's minor digits ("10.00", "1500", "1.250").
+
+    Invoice amounts are already whole minor units; exact, no rounding here.
+    """
+    digits = minor_unit_digits(currency)
+    minor, remainder = divmod(abs(micros), minor_unit_micros(currency))
+    if remainder:
+        raise ValueError(f"{micros} micros is not a whole minor unit of {currency}")
+    sign = "-" if micros < 0 else ""
+    if digits == 0:
+        return f"{sign}{minor}"
+    whole, fraction = divmod(minor, 10**digits)
+    return f"{sign}{whole}.{fraction:0{digits}d}"
