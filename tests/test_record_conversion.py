@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from rating.v1 import types_pb2 as t
 from service.api.convert import record_from_proto, records_from_proto
 from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY
-from service.ingestion.engine import Candidate
+from service.ingestion.records import Candidate
 from service.storage.repository import USAGE_COLUMNS
 from tests.support.builders import PROPERTY
 

@@ -36,14 +36,14 @@ import structlog
 
 from service.domain.errors import Overloaded, StorageUnavailable
 from service.domain.model import Sim, UsageRecord, UsageType
-from service.ingestion.engine import (
+from service.ingestion.engine import UsageEngine
+from service.ingestion.records import (
     Candidate,
     Checked,
     InvalidRecord,
     RecordResult,
     RecordStatus,
     UnlessCounted,
-    UsageEngine,
 )
 from service.ops.clock import Clock
 from service.ops.metrics import Metrics

@@ -16,7 +16,7 @@ from rating.v1 import types_pb2 as pb
 from service.domain import model as m
 from service.domain.errors import InvalidArgument
 from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY, id_problem
-from service.ingestion.engine import InvalidRecord, RecordResult
+from service.ingestion.records import InvalidRecord, RecordResult
 from service.usecases.sim_status import SimView
 
 E = TypeVar("E", bound=enum.Enum)

@@ -13,7 +13,8 @@ from rating.v1 import types_pb2 as types_pb
 from service.api import convert
 from service.domain.errors import InvalidArgument, Overloaded
 from service.domain.model import UsageRecord, UsageType
-from service.ingestion.engine import InvalidRecord, PeriodLookup, RecordResult
+from service.ingestion.engine import PeriodLookup
+from service.ingestion.records import InvalidRecord, RecordResult
 from service.ingestion.sink import UsageSink
 from service.ops.clock import Clock
 from service.state.cache import StateCache

@@ -16,12 +16,9 @@ Nothing here touches the database, so the cache only ever shows committed record
 
 from __future__ import annotations
 
-import enum
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 import structlog
 
@@ -45,6 +42,15 @@ from service.domain.model import (
 )
 from service.domain.periods import next_period, period_containing
 from service.domain.rating import estimate_charge, rated_quantity
+from service.ingestion.records import (
+    RATED,
+    Candidate,
+    Checked,
+    InvalidRecord,
+    RecordResult,
+    RecordStatus,
+    UnlessCounted,
+)
 from service.ops.clock import Clock
 from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
 
@@ -54,69 +60,6 @@ _FUTURE_DETAIL = (
     f"event_time more than {CLOCK_SKEW_TOLERANCE // timedelta(minutes=1)} minutes ahead"
 )
 REBUILD_CHUNK = 10_000  # records recounted at a time at start
-
-
-class RecordStatus(enum.IntEnum):
-    RATED = 1
-    DUPLICATE = 2
-    UNKNOWN_SIM = 3
-    INVALID = 4
-    PERIOD_CLOSED = 5
-    BEFORE_PROVISIONING = 6
-    AFTER_TERMINATION = 7
-    FUTURE_EVENT = 8
-
-
-RATED = RecordStatus.RATED  # enum member lookups are slow on the hot path
-
-
-class RecordResult(NamedTuple):
-    record_id: str
-    status: RecordStatus
-    detail: str = ""
-    rated_quantity: int = 0
-    charged: bool = False
-    estimated_charge_micros: int = 0
-    started_billing: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidRecord:
-    """A record whose fields could not be read; `field` names the culprit."""
-
-    record_id: str
-    field: str
-    problem: str
-
-
-class Candidate(NamedTuple):
-    """A record that passed every check and waits for its commit.
-
-    It is the record's usage_records row: the fields are the table's columns in order
-    (`repository.USAGE_COLUMNS`, checked by a test), so the persister COPYs candidates as
-    they are.
-    """
-
-    record_id: str
-    iccid: str
-    usage_type: UsageType
-    quantity: int
-    rated_quantity: int
-    event_time: datetime
-    session_id: str
-    period: str  # the account period of event_time
-
-
-@dataclass(frozen=True, slots=True)
-class UnlessCounted:
-    """A record refused because of what happened since it may have been counted (its period
-    was settled, its SIM terminated): DUPLICATE if its id was counted before, else `refusal`.
-    Ids are the idempotency key forever, so a retry never gets a different answer."""
-
-    refusal: RecordResult
-
-
-Checked = Candidate | UnlessCounted | RecordResult
 
 
 class PeriodLookup:

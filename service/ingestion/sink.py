@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from service.domain.model import UsageRecord
-from service.ingestion.engine import InvalidRecord, RecordResult
+from service.ingestion.records import InvalidRecord, RecordResult
 
 
 class UsageSink(Protocol):

@@ -9,7 +9,8 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.domain.model import UsageRecord
-from service.ingestion.engine import Candidate, UsageEngine
+from service.ingestion.engine import UsageEngine
+from service.ingestion.records import Candidate
 from tests.support import T0, Stubs, data_plan, iccids
 
 
