@@ -1,9 +1,11 @@
 """The process lifecycle of `python -m service`, run as a real child process.
 
-1. SIGTERM while a stream is sending: every batch the service read is committed and
+1. Stop with batches in the persister (in process): they are committed and answered
+   before the persister ends, and later ones are refused.
+2. SIGTERM while a stream is sending: every batch the service read is committed and
    acknowledged, the stream ends UNAVAILABLE, the process exits 0, and what is stored is
    exactly what was acknowledged (and what a restart counts).
-2. A worker that crashes stops the service with exit status 70 (EX_SOFTWARE), its cause
+3. A worker that crashes stops the service with exit status 70 (EX_SOFTWARE), its cause
    logged once. The crash is real: a CHECK constraint added to `sims` behind the service's
    back makes the activation worker's UPDATE fail with an error that is not an outage.
 """
@@ -25,10 +27,11 @@ from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
-from tests.support import ServerProcess, Stubs, first_use_plan, iccids
+from service.api.convert import records_from_proto
+from service.errors import ShuttingDown
+from tests.conftest import AppFactory
+from tests.support import ServerProcess, Stubs, first_use_plan, iccids, until
 from tests.usage_support import account_with_sims, record
-
-pytestmark = pytest.mark.slow
 
 CALL_TIMEOUT = 20.0  # seconds; a hang fails the test instead of blocking it
 SIMS = 100
@@ -46,6 +49,7 @@ async def stored_records(url: str) -> dict[str, tuple[str, int]]:
     return {row["record_id"]: (row["iccid"], row["quantity"]) for row in rows}
 
 
+@pytest.mark.slow
 async def test_sigterm_acknowledges_every_batch_it_read(database_url: str) -> None:
     env = {"RATING_DATABASE_URL": database_url, "RATING_CLOCK": "test:2026-01-01T00:00:00Z"}
     server = ServerProcess(env)
@@ -149,6 +153,7 @@ async def test_sigterm_acknowledges_every_batch_it_read(database_url: str) -> No
         assert await restarted.stop() == 0
 
 
+@pytest.mark.slow
 async def test_a_crashed_worker_exits_non_zero_with_its_cause_logged_once(
     database_url: str,
 ) -> None:
@@ -190,3 +195,33 @@ async def test_a_crashed_worker_exits_non_zero_with_its_cause_logged_once(
     assert [e["worker"] for e in crashed] == ["activation"]
     assert constraint in crashed[0]["exception"]
     assert events[-1]["event"] == "stopped"
+
+
+async def test_stop_commits_and_answers_the_batches_the_persister_holds(
+    start_app: AppFactory, database_url: str
+) -> None:
+    app, stubs = await start_app()
+    sim = (await account_with_sims(stubs, 1))[0]
+    depth = app.metrics.registry.get_sample_value
+    async with app.state_lock:  # the persister takes batch A, then waits for this lock
+        held = asyncio.ensure_future(
+            app.persister.submit(records_from_proto([record("a", sim, 3)]), wait=True)
+        )
+        await until(lambda: app.persister.busy)
+        queued = asyncio.ensure_future(
+            app.persister.submit(records_from_proto([record("b", sim, 4)]), wait=True)
+        )
+        await until(lambda: depth("rating_persist_queue_depth") == 1)
+        stopping = asyncio.ensure_future(app.stop())
+        await until(lambda: app.persister.stopping)
+        with pytest.raises(ShuttingDown):
+            await app.persister.submit(records_from_proto([record("c", sim, 5)]), wait=True)
+    await asyncio.wait_for(stopping, CALL_TIMEOUT)
+    assert held.done() and queued.done(), "stop() returned before the batches were answered"
+    assert [x.status.name for x in held.result() + queued.result()] == ["RATED", "RATED"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetch("SELECT record_id FROM usage_records ORDER BY record_id")
+    finally:
+        await conn.close()
+    assert [row["record_id"] for row in stored] == ["a", "b"]

@@ -21,6 +21,9 @@ before its answer arrived): then the group may be stored after all. Its new reco
 kept "in doubt", and the next successful commit looks them up in its own transaction and
 counts those that are stored; otherwise a retry would answer them DUPLICATE while the
 counters never included them (until a restart rebuilt the cache).
+
+Shutdown: `stop()` refuses new batches (`ShuttingDown`); `run` commits what is still
+queued, counts its last group (answering its callers) and returns.
 """
 
 from __future__ import annotations
@@ -151,6 +154,11 @@ class Persister:
             self._take_queued(group)
             if group:
                 await self.commit(group)
+
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: no new batches; `run` ends once the queued ones are answered."""
+        return self._stopping
 
     def stop(self) -> None:
         """Refuse new batches; `run` returns once the queued ones are committed and counted."""
