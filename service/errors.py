@@ -47,7 +47,7 @@ class StorageUnavailable(RatingError):
 
 
 class ShuttingDown(RatingError):
-    """The service is stopping; what was not acknowledged was not stored, resend it."""
+    """The service is stopping; resend what was not acknowledged (ids make that safe)."""
 
 
 class Unauthenticated(RatingError):
