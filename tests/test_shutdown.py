@@ -1,4 +1,4 @@
-"""The process lifecycle of `python -m service`, run as a real child process.
+"""Stopping the service: in process, and `python -m service` as a real child process.
 
 1. Stop with batches in the persister (in process): they are committed and answered
    before the persister ends, and later ones are refused.
