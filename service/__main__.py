@@ -1,5 +1,6 @@
 """Entry point: `python -m service` (or `simrating`). Reads the environment and flags,
-configures logging, installs signal handlers and runs the service until SIGTERM/SIGINT."""
+configures logging, installs signal handlers and runs the service until SIGTERM/SIGINT
+(exit status 0) or until a worker crashes (exit status 70, EX_SOFTWARE)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from service.ops.runtime import tune_gc
 from service.ops.settings import Settings
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT or a worker crash; the process exit status."""
     app = Application(settings)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -26,6 +28,7 @@ async def serve(settings: Settings) -> None:
         await app.wait()
     finally:
         await app.stop()
+    return app.exit_status
 
 
 def main() -> None:
@@ -37,9 +40,10 @@ def main() -> None:
     tune_gc()
     structlog.get_logger("main").info("starting", grpc_addr=settings.grpc_addr)
     try:
-        asyncio.run(serve(settings))
+        status = asyncio.run(serve(settings))
     except InvalidArgument as exc:  # a bad keys file, certificate path, ...
         sys.exit(f"simrating: bad setting {exc}")
+    sys.exit(status)  # 0, or EXIT_WORKER_CRASHED (70) when a worker crashed
 
 
 if __name__ == "__main__":

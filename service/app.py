@@ -1,8 +1,18 @@
 """Wiring: database, cache, workers and the gRPC server, started and stopped in order.
 
 Start: database (embedded if no URL) -> migrations -> cache load -> workers -> gRPC
-server -> health SERVING. Stop: health NOT_SERVING -> server.stop(grace) -> workers
-drain (the persister flushes what it holds) -> pool closed with a deadline.
+server -> health SERVING.
+
+Stop, all within `shutdown_grace_s`: health NOT_SERVING and streams stop reading ->
+server.stop(grace): no new calls; in-flight calls finish while the persister keeps
+committing, so every batch already received (a unary call's, or one a stream read) is
+committed and acknowledged, and each stream then ends UNAVAILABLE -> the persister
+commits what is still queued and counts its last group, then returns -> the other
+workers are cancelled -> pool closed with a deadline. What was not committed by then was
+not acknowledged: the client resends it (record ids make that safe).
+
+A worker that crashes stops the service the same way; its cause is logged once and the
+process exits with EXIT_WORKER_CRASHED.
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ from workers.settlement import SettlementWorker
 
 log = structlog.get_logger("app")
 
+EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE (sysexits.h): a supervisor restarts on failure
+
 SERVICE_NAMES = (
     catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     provisioning_service_pb2.DESCRIPTOR.services_by_name["ProvisioningService"].full_name,
@@ -85,8 +97,11 @@ class Application:
         self._server: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._persister_task: asyncio.Task[None] | None = None
+        self._rating: RatingServicer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self.crashed: str | None = None  # the first worker that crashed
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -126,7 +141,7 @@ class Application:
         # Whoever takes the state lock first counts what the persister committed but has
         # not counted yet (see StateLock): inside the lock, the cache holds every record.
         state_lock.set_catch_up(self.persister.count_all_pending)
-        self.spawn("persister", self.persister.run())
+        self._persister_task = self.spawn("persister", self.persister.run())
         if isinstance(self.clock, TestClock):
             self.clock.subscribe(self.activation.run_once)
         else:
@@ -209,10 +224,10 @@ class Application:
         provisioning_service_pb2_grpc.add_ProvisioningServiceServicer_to_server(
             ProvisioningServicer(provisioning, self.cache, self.clock), server
         )
-        rating_service_pb2_grpc.add_RatingServiceServicer_to_server(
-            RatingServicer(self.cache, self.clock, self.persister, self.settings.max_streams),
-            server,
+        self._rating = RatingServicer(
+            self.cache, self.clock, self.persister, self.settings.max_streams
         )
+        rating_service_pb2_grpc.add_RatingServiceServicer_to_server(self._rating, server)
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
             BillingServicer(self.billing), server
         )
@@ -261,7 +276,7 @@ class Application:
         self._metrics_server = server
         self.metrics_port = server.server_port
 
-    def spawn(self, name: str, work: Awaitable[None]) -> None:
+    def spawn(self, name: str, work: Awaitable[None]) -> asyncio.Task[None]:
         """Track a worker task; if it crashes, the service stops loudly."""
 
         async def guarded() -> None:
@@ -270,11 +285,20 @@ class Application:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # Logged here, once; the task then ends normally, so neither stop() nor
+                # asyncio reports the exception again. The exit status tells the supervisor.
                 log.exception("worker crashed; stopping the service", worker=name)
+                self.crashed = self.crashed or name
                 self._stopped.set()
-                raise
 
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.append(task)
+        return task
+
+    @property
+    def exit_status(self) -> int:
+        """0 after a requested stop; EXIT_WORKER_CRASHED once a worker crashed."""
+        return 0 if self.crashed is None else EXIT_WORKER_CRASHED
 
     async def wait(self) -> None:
         """Until stop() is requested or a worker crashes."""
@@ -288,13 +312,23 @@ class Application:
             return
         self._stopping = True
         self._stopped.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_s
+        if self._rating is not None:
+            self._rating.stop_reading()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
+            # In-flight calls finish (their batches are committed by the running persister);
+            # those still running at the deadline are cancelled, unacknowledged.
             await self._server.stop(self.settings.shutdown_grace_s)
+        if self._persister_task is not None:
+            self.persister.stop()
+            # Commits what is still queued and counts the last group, within the grace.
+            await asyncio.wait({self._persister_task}, timeout=max(0.0, deadline - loop.time()))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -304,4 +338,4 @@ class Application:
                 await asyncio.wait_for(self._pool.close(), 10)
             except TimeoutError:
                 self._pool.terminate()
-        log.info("stopped")
+        log.info("stopped", exit_status=self.exit_status)

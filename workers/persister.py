@@ -22,6 +22,9 @@ before its answer arrived): then the group may be stored after all. Its new reco
 kept "in doubt", and the next successful commit looks them up in its own transaction and
 counts those that are stored; otherwise a retry would answer them DUPLICATE while the
 counters never included them (until a restart rebuilt the cache).
+
+Shutdown: `stop()` refuses new batches (`ShuttingDown`); `run` commits what is still
+queued, counts its last group (answering its callers) and returns.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from service.domain.errors import Overloaded, StorageUnavailable
+from service.domain.errors import Overloaded, ShuttingDown, StorageUnavailable
 from service.domain.model import Sim, UsageRecord, UsageType
 from service.ingestion.engine import UsageEngine
 from service.ingestion.records import (
@@ -98,7 +101,9 @@ class Persister:
         self._clock = clock
         self._metrics = metrics
         self._state_lock = state_lock
-        self._queue: asyncio.Queue[Submission] = asyncio.Queue(max_queued_batches)
+        # None: the wake-up `stop()` queues when the queue is empty.
+        self._queue: asyncio.Queue[Submission | None] = asyncio.Queue(max_queued_batches)
+        self._stopping = False
         self._max_records = max_records_per_commit
         self.busy = False  # a group is being committed
         # New records of commits whose outcome is unknown, by record id (see module doc).
@@ -119,6 +124,8 @@ class Persister:
         wait=True (streams) waits for room in the queue: backpressure. wait=False (unary
         calls) fails at once with Overloaded when the queue is full.
         """
+        if self._stopping:
+            raise ShuttingDown("the service is stopping; retry on another instance or later")
         engine = self._engine
         future = asyncio.get_running_loop().create_future()
         submission = Submission(records, future, engine.check_all(records), engine.state_version)
@@ -133,22 +140,31 @@ class Persister:
         return await submission.future
 
     async def run(self) -> None:
+        """Commit groups until `stop()`; then commit what is still queued, count the last
+        group (which answers its callers) and return."""
         while True:
             if self._pending is not None and self._queue.empty():
                 await self._count_pending_now()
-            group = [await self._queue.get()]
+            if self._stopping and self._queue.empty():
+                return
+            first = await self._queue.get()
+            if first is None:  # the wake-up of stop()
+                continue
+            group = [first]
             self._take_queued(group)
             if group:
                 await self.commit(group)
 
-    async def run_once(self) -> int:
-        """Commit and count what is queued now (tests); returns the batches committed."""
-        group: list[Submission] = []
-        self._take_queued(group)
-        if group:
-            await self.commit(group)
-        await self._count_pending_now()
-        return len(group)
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: no new batches; `run` ends once the queued ones are answered."""
+        return self._stopping
+
+    def stop(self) -> None:
+        """Refuse new batches; `run` returns once the queued ones are committed and counted."""
+        self._stopping = True
+        if self._queue.empty():
+            self._queue.put_nowait(None)  # wakes `run` if it waits for a batch
 
     async def _count_pending_now(self) -> None:
         async with self._state_lock:  # entering counts the pending group (catch-up)
@@ -158,8 +174,9 @@ class Persister:
         records = sum(len(s.records) for s in group)
         while records < self._max_records and not self._queue.empty():
             submission = self._queue.get_nowait()
-            group.append(submission)
-            records += len(submission.records)
+            if submission is not None:
+                group.append(submission)
+                records += len(submission.records)
         # A caller that gave up (deadline, cancellation) before its batch was taken: drop the
         # batch, nothing of it was stored. One taken already is committed; a retry is DUPLICATE.
         group[:] = [s for s in group if not s.future.cancelled()]

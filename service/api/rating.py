@@ -11,7 +11,7 @@ from rating.v1 import rating_service_pb2 as pb
 from rating.v1 import rating_service_pb2_grpc as pb_grpc
 from rating.v1 import types_pb2 as types_pb
 from service.api import convert
-from service.domain.errors import InvalidArgument, Overloaded
+from service.domain.errors import InvalidArgument, Overloaded, ShuttingDown
 from service.domain.model import UsageRecord, UsageType
 from service.ingestion.engine import PeriodLookup
 from service.ingestion.records import InvalidRecord, RecordResult
@@ -24,6 +24,7 @@ from service.usecases.sim_status import sim_view
 MAX_RECORDS_PER_BATCH = 10_000
 # Batches of one stream in flight (read ahead, not yet acknowledged).
 STREAM_WINDOW = 16
+SHUTTING_DOWN = "the service is stopping; resend the batches not acknowledged"
 
 
 def _checked_records(
@@ -44,6 +45,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self._periods = PeriodLookup()
         self._max_streams = max_streams
         self._streams = 0
+        self._stopping = asyncio.Event()
 
     async def GetSimStatus(
         self, request: pb.GetSimStatusRequest, context: grpc.aio.ServicerContext
@@ -86,11 +88,18 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         convert.add_results(response.results, results)
         return response
 
+    def stop_reading(self) -> None:
+        """Shutdown: every stream stops reading, acknowledges each batch it read once it is
+        committed, then ends UNAVAILABLE; new streams are refused."""
+        self._stopping.set()
+
     async def StreamUsage(
         self,
         request_iterator: AsyncIterator[pb.StreamUsageRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.StreamUsageResponse]:
+        if self._stopping.is_set():
+            raise ShuttingDown(SHUTTING_DOWN)
         if self._streams >= self._max_streams:
             raise Overloaded(f"at most {self._max_streams} concurrent StreamUsage streams")
         self._streams += 1
@@ -104,16 +113,38 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self, request_iterator: AsyncIterator[pb.StreamUsageRequest]
     ) -> AsyncIterator[pb.StreamUsageResponse]:
         # A reader submits batches as they arrive (up to STREAM_WINDOW ahead); acknowledgements
-        # go out in arrival order, each once its batch is committed.
-        in_flight: asyncio.Queue[tuple[str, asyncio.Future[list[RecordResult]]] | None] = (
-            asyncio.Queue(STREAM_WINDOW)
-        )
+        # go out in arrival order, each once its batch is committed. At shutdown the reader
+        # stops between two batches: what it read is still acknowledged, then the stream ends.
+        in_flight: asyncio.Queue[
+            tuple[str, asyncio.Future[list[RecordResult]]] | ShuttingDown | None
+        ] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
-            async for batch in request_iterator:
-                records = _checked_records(batch.records)
-                submitted = asyncio.ensure_future(self._usage.submit(records, wait=True))
-                await in_flight.put((batch.batch_id, submitted))
+            batches = aiter(request_iterator)
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            received: asyncio.Future[pb.StreamUsageRequest] | None = None
+            try:
+                while True:
+                    received = asyncio.ensure_future(anext(batches))
+                    await asyncio.wait({received, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not received.done():  # stopping, and no batch arrived meanwhile
+                        await in_flight.put(ShuttingDown(SHUTTING_DOWN))
+                        return
+                    try:
+                        batch = received.result()
+                    except StopAsyncIteration:
+                        break
+                    records = _checked_records(batch.records)
+                    submitted = asyncio.ensure_future(self._usage.submit(records, wait=True))
+                    try:
+                        await in_flight.put((batch.batch_id, submitted))
+                    except asyncio.CancelledError:
+                        submitted.cancel()  # nobody would wait for its acknowledgement
+                        raise
+            finally:
+                stopping.cancel()
+                if received is not None:
+                    received.cancel()
             await in_flight.put(None)
 
         reader = asyncio.create_task(read())
@@ -128,6 +159,8 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
                 item = await get
                 if item is None:
                     break
+                if isinstance(item, ShuttingDown):
+                    raise item
                 batch_id, submitted = item
                 ack = pb.StreamUsageResponse(batch_id=batch_id)
                 convert.add_results(ack.results, await submitted)
@@ -136,5 +169,5 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
             reader.cancel()
             while not in_flight.empty():
                 item = in_flight.get_nowait()
-                if item is not None:
+                if isinstance(item, tuple):
                     item[1].cancel()

@@ -6,7 +6,8 @@ RatingError
 ├── AlreadyExists        same id, different immutable content      -> ALREADY_EXISTS
 ├── FailedPrecondition   a rule forbids it in the current state    -> FAILED_PRECONDITION
 ├── Overloaded           a bounded queue or limit is full          -> RESOURCE_EXHAUSTED
-└── StorageUnavailable   PostgreSQL cannot be reached              -> UNAVAILABLE
+├── StorageUnavailable   PostgreSQL cannot be reached              -> UNAVAILABLE
+└── ShuttingDown         the service is stopping                   -> UNAVAILABLE
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Overloaded(RatingError):
 
 class StorageUnavailable(RatingError):
     """PostgreSQL is unreachable; nothing was acknowledged, retrying is safe."""
+
+
+class ShuttingDown(RatingError):
+    """The service is stopping; resend what was not acknowledged (ids make that safe)."""
 
 
 class Unauthenticated(RatingError):

@@ -141,6 +141,11 @@ class ServerProcess:
     async def stop(self, sig: signal.Signals = signal.SIGTERM, within: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
+        return await self.exited(within)
+
+    async def exited(self, within: float = 60) -> int:
+        """Until the process ends by itself (or after a signal); its exit status."""
+        assert self.proc is not None
         code = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), within)
         await asyncio.to_thread(self._drain.join, within)
         assert self.proc.stderr is not None
