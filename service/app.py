@@ -56,7 +56,7 @@ from service.ops.clock import Clock, SystemClock, TestClock
 from service.ops.metrics import Metrics
 from service.ops.settings import Settings
 from service.state.cache import StateCache
-from service.state.gauges import SimGauges
+from service.state.gauges import SimGauges, watch_cache_sizes
 from service.state.lock import StateLock
 from service.storage import database, repository
 from service.usecases.billing import Billing
@@ -111,6 +111,7 @@ class Application:
     async def start(self) -> None:
         url = self.settings.database_url or await database.embedded_url(self.settings.data_dir)
         self._pool = await database.create_pool(url)
+        self._watch_pool(self._pool)
         async with self._pool.acquire() as conn:
             await database.migrate(conn)
         # One lock orders every change of SIM state: catalog and provisioning writes,
@@ -128,6 +129,7 @@ class Application:
             self.activation.track(sim)
         self.cache.sim_listeners.append(self._track_deadline)
         self.cache.sim_listeners.append(SimGauges(self.cache, self.metrics).sim_changed)
+        watch_cache_sizes(self.cache, self.metrics)
         await self.activation.run_once(self.clock.now())  # deadlines passed while stopped
         self.persister = Persister(
             self.pool,
@@ -141,6 +143,7 @@ class Application:
         # Whoever takes the state lock first counts what the persister committed but has
         # not counted yet (see StateLock): inside the lock, the cache holds every record.
         state_lock.set_catch_up(self.persister.count_all_pending)
+        self.metrics.persist_queue_capacity.set(self.settings.persist_queue_batches)
         self._persister_task = self.spawn("persister", self.persister.run())
         if isinstance(self.clock, TestClock):
             self.clock.subscribe(self.activation.run_once)
@@ -149,7 +152,7 @@ class Application:
         self.billing = Billing(self.pool, self.cache, self.clock, self.metrics, state_lock)
         # Settlement after activation: on a test clock every advance runs activations first.
         self.settlement = SettlementWorker(
-            self.billing, self.cache, self.clock, self.settings.late_usage_window
+            self.billing, self.cache, self.clock, self.settings.late_usage_window, self.metrics
         )
         if isinstance(self.clock, TestClock):
             self.clock.subscribe(self.settlement.run_once)
@@ -191,6 +194,15 @@ class Application:
             sims=len(self.cache.sims),
             usage_records=records,
         )
+
+    def _watch_pool(self, pool: asyncpg.Pool) -> None:
+        """The pool gauges, read at scrape time (asyncpg counts them; nothing per call)."""
+        connections = self.metrics.db_pool_connections
+        connections.labels("idle").set_function(pool.get_idle_size)
+        connections.labels("in_use").set_function(
+            lambda: max(0, pool.get_size() - pool.get_idle_size())
+        )
+        self.metrics.db_pool_max_connections.set(pool.get_max_size())
 
     def _correction_rejected(self, sim: Sim, start: datetime) -> None:
         self.metrics.activation_corrections_rejected.inc()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
+from importlib import metadata
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import catalog_service_pb2 as c
+from rating.v1 import types_pb2 as t
 from service.app import Application
 from tests.conftest import AppFactory
 from tests.support import Stubs, data_plan
+from tests.support.usage import account_with_sims, rate, record
 
 SERVICES = {
     "rating.v1.CatalogService",
@@ -84,3 +89,53 @@ async def test_metrics_endpoint_serves_grpc_series(start_app: AppFactory) -> Non
     )
     assert "grpc_server_started_total" in body
     assert "grpc_server_handling_seconds_bucket" in body
+
+
+async def test_metrics_an_sre_expects_from_any_process(start_app: AppFactory) -> None:
+    """Process, GC, platform and build info, cache and pool sizes; no `_created` series."""
+    app, stubs = await start_app(metrics_addr="127.0.0.1:0")
+    sims = await account_with_sims(stubs, 3)
+    [result] = await rate(stubs, record("r1", sims[0]))
+    assert result.status == t.RECORD_STATUS_RATED
+    samples = await scrape(app.metrics_port)
+
+    assert samples["process_resident_memory_bytes", ()] > 10 * 2**20
+    assert samples["process_cpu_seconds_total", ()] > 0
+    assert samples["process_open_fds", ()] > 0
+    assert samples["python_gc_collections_total", (("generation", "0"),)] >= 0
+    assert any(name == "python_info" for name, _ in samples)
+    assert samples["rating_build_info", (("version", metadata.version("simrating")),)] == 1
+    entries = {
+        dict(labels)["kind"]: value
+        for (name, labels), value in samples.items()
+        if name == "rating_cache_entries"
+    }
+    assert entries == {
+        "plans": 1,
+        "accounts": 1,
+        "sims": 3,
+        "sim_periods": 1,  # one SIM has usage, in one period
+        "settled_periods": 0,
+    }
+    pool = {
+        dict(labels)["state"]: value
+        for (name, labels), value in samples.items()
+        if name == "rating_db_pool_connections"
+    }
+    assert pool.keys() == {"idle", "in_use"} and 2 <= pool["idle"] + pool["in_use"] <= 10
+    assert samples["rating_db_pool_max_connections", ()] == 10
+    assert samples["rating_persist_queue_capacity", ()] == app.settings.persist_queue_batches
+    assert samples["rating_settlement_overdue_periods", ()] == 0
+    assert [name for name, _ in samples if name.endswith("_created")] == []
+    assert samples["rating_usage_records_total", (("status", "RATED"),)] == 1
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics and parse it: {(sample name, sorted labels): value}."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import asyncpg
 import grpc
 
 from rating.v1 import types_pb2 as t
@@ -129,3 +130,29 @@ async def test_sim_provisioned_back_dated_reopens_the_walk(stubs: Stubs) -> None
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert details.startswith("provisioned_at") and "2026-02" in details
     await provision(stubs, iccids(3, 1), utc(2026, 4, 1))
+
+
+async def test_overdue_gauge_counts_periods_a_failed_settlement_holds_back(
+    app_stubs: tuple[Application, Stubs], database_url: str
+) -> None:
+    """`rating_settlement_overdue_periods`: a January that cannot be stored (a CHECK added
+    behind the service's back) keeps January and February overdue; once it can, none."""
+    app, stubs = app_stubs
+    await put_plans(stubs, data_plan("P"))
+    await put_account(stubs)
+    await provision(stubs, iccids(1, 1), T0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "ALTER TABLE invoices ADD CONSTRAINT no_january CHECK (period <> '2026-01')"
+        )
+        await advance(stubs, utc(2026, 3, 5))  # January and February are due
+        sample = app.metrics.registry.get_sample_value
+        assert sample("rating_settlements_total", {"result": "failed"}) == 1
+        assert sample("rating_settlement_overdue_periods") == 2
+        await conn.execute("ALTER TABLE invoices DROP CONSTRAINT no_january")
+    finally:
+        await conn.close()
+    await advance(stubs, utc(2026, 3, 5, 0, 1))
+    assert [x.period for x in await list_invoices(stubs)] == ["2026-01", "2026-02"]
+    assert sample("rating_settlement_overdue_periods") == 0

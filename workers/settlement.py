@@ -9,7 +9,10 @@ there is no natural first period); SettlePeriod can still settle them.
 
 `run()` is the production loop: sleep until the earliest due time, settle, repeat.
 `run_once(now)` settles what is due at `now`; on a test clock it runs inside every
-ClockService.AdvanceTime, after the activation worker.
+ClockService.AdvanceTime, after the activation worker. Each run ends by setting
+`rating_settlement_overdue_periods`: the account-periods due at `now` and still unsettled
+(those whose settlement failed, and the later ones of the same accounts, which wait for
+them).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import structlog
 from service.domain.model import Account, Period
 from service.domain.periods import next_period, period_containing
 from service.ops.clock import Clock
+from service.ops.metrics import Metrics
 from service.state.cache import StateCache
 from service.usecases.billing import Billing
 
@@ -36,9 +40,15 @@ _RETRY_AFTER = timedelta(seconds=30)
 
 class SettlementWorker:
     def __init__(
-        self, billing: Billing, cache: StateCache, clock: Clock, late_usage_window: timedelta
+        self,
+        billing: Billing,
+        cache: StateCache,
+        clock: Clock,
+        late_usage_window: timedelta,
+        metrics: Metrics,
     ) -> None:
         self._billing = billing
+        self._metrics = metrics
         self._cache = cache
         self._clock = clock
         self._window = late_usage_window
@@ -79,21 +89,35 @@ class SettlementWorker:
         """Settle every period due at `now`; returns the number of account-periods that
         failed (they are retried on the next run; the others are not held back)."""
         started = time.perf_counter()
-        settled = failed = 0
+        settled = failed = overdue = 0
         for account_id in sorted(self._cache.sims_by_account):
             try:
                 settled += await self._settle_account(account_id, now)
             except Exception:
                 # Billing counted and logged it; one account must not block the others.
                 failed += 1
+                overdue += self._overdue(account_id, now)
+        self._metrics.settlement_overdue.set(overdue)
         if settled or failed:
             log.info(
                 "settlement run",
                 settled=settled,
                 failed=failed,
+                overdue=overdue,
                 seconds=round(time.perf_counter() - started, 3),
             )
         return failed
+
+    def _overdue(self, account_id: str, now: datetime) -> int:
+        """The account's periods due at `now` and not settled: from its cursor (the period
+        that failed) to the last due one. Only accounts whose settlement failed have any."""
+        account = self._cache.accounts[account_id]
+        count = 0
+        cursor = self._cursor_of(account_id)
+        while cursor is not None and self.due_at(cursor) <= now:
+            count += (account_id, cursor.name) not in self._cache.settled
+            cursor = next_period(cursor, account.timezone, account.billing_day)
+        return count
 
     async def _settle_account(self, account_id: str, now: datetime) -> int:
         settled = 0

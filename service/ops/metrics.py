@@ -1,12 +1,44 @@
 """Every Prometheus metric of the service, on one injectable CollectorRegistry.
 
 The grpc_server_* names match the ones SRE dashboards already use (go-grpc-prometheus);
-domain metrics are prefixed `rating_`.
+domain metrics are prefixed `rating_`. Each registry also carries the process metrics any
+exporter has (`process_*`, `python_gc_*`, `python_info`). Gauges of sizes (cache, pool)
+are read at scrape time from the objects they measure, so they cost nothing per call;
+the wiring attaches them (`Gauge.set_function`), as only it knows those objects.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from importlib import metadata
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+# prometheus_client adds a `<name>_created` series (the creation time) to every counter and
+# histogram unless told not to; that doubles the series and no dashboard reads them. The
+# switch is process-wide and read at every collection, so setting it here, when the module
+# is imported, covers every registry of the process.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+DISTRIBUTION = "simrating"
+
+
+def build_version() -> str:
+    """The installed version of the `simrating` distribution ("unknown" if not installed)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000)
@@ -16,6 +48,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # The process collectors are stateless: the default registry's instances serve here.
+        for collector in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
+            r.register(collector)
+        Info("rating_build", "The running service's version.", registry=r).info(
+            {"version": build_version()}
+        )
         rpc_labels = ("grpc_type", "grpc_service", "grpc_method")
         self.grpc_started = Counter(
             "grpc_server_started_total", "RPCs started on the server.", rpc_labels, registry=r
@@ -62,6 +100,11 @@ class Metrics:
         self.persist_queue_depth = Gauge(
             "rating_persist_queue_depth", "Batches waiting for the persister.", registry=r
         )
+        self.persist_queue_capacity = Gauge(
+            "rating_persist_queue_capacity",
+            "Batches the persister queue holds before callers get RESOURCE_EXHAUSTED.",
+            registry=r,
+        )
         self.persist_failures = Counter(
             "rating_persist_failures", "Group commits that failed (database errors).", registry=r
         )
@@ -92,5 +135,29 @@ class Metrics:
             "rating_invoice_amount_micros",
             "Settled invoice amounts in micros, by currency and line kind.",
             ("currency", "kind"),
+            registry=r,
+        )
+        self.settlement_overdue = Gauge(
+            "rating_settlement_overdue_periods",
+            "Account-periods past their late-usage window and still unsettled, as of the"
+            " settlement worker's last run.",
+            registry=r,
+        )
+        # Sizes, read at scrape time (set_function, attached by the wiring).
+        self.cache_entries = Gauge(
+            "rating_cache_entries",
+            "Objects held in the in-memory state cache, by kind.",
+            ("kind",),
+            registry=r,
+        )
+        self.db_pool_connections = Gauge(
+            "rating_db_pool_connections",
+            "Open connections of the PostgreSQL pool, by state (idle, in_use).",
+            ("state",),
+            registry=r,
+        )
+        self.db_pool_max_connections = Gauge(
+            "rating_db_pool_max_connections",
+            "Connections the PostgreSQL pool may open.",
             registry=r,
         )

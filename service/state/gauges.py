@@ -1,5 +1,6 @@
-"""The SIM gauges (`rating_sims{state}`, `rating_activation_pending`), kept by the cache's
-SIM changes: counted once at start, then moved by each change, never recounted."""
+"""The cache's gauges. The SIM gauges (`rating_sims{state}`, `rating_activation_pending`)
+are kept by the cache's SIM changes: counted once at start, then moved by each change,
+never recounted. The sizes (`rating_cache_entries{kind}`) are read at scrape time."""
 
 from __future__ import annotations
 
@@ -41,3 +42,22 @@ class SimGauges:
             and sim.billing_started_at is None
             and sim.state is not SimState.TERMINATED
         )
+
+
+def watch_cache_sizes(cache: StateCache, metrics: Metrics) -> None:
+    """`rating_cache_entries{kind}`, computed when /metrics is scraped (in the HTTP server's
+    thread): plain `len()`s, except `sim_periods`, one pass over the SIMs with usage. The
+    values are copied first in one C call, so a SIM added meanwhile cannot break it."""
+
+    def sim_periods() -> int:
+        return sum(len(usage.periods) for usage in list(cache.usage.values()))
+
+    sizes = {
+        "plans": lambda: len(cache.plans),
+        "accounts": lambda: len(cache.accounts),
+        "sims": lambda: len(cache.sims),
+        "sim_periods": sim_periods,
+        "settled_periods": lambda: len(cache.settled),
+    }
+    for kind, size in sizes.items():
+        metrics.cache_entries.labels(kind).set_function(size)
