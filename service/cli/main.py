@@ -391,6 +391,14 @@ async def _usage_send(
     try:
         with progress:
             await sender.send(produce())
+    except BaseExceptionGroup as group:
+        interrupted = True
+        broken = group.subgroup(lambda exc: isinstance(exc, (OSError, EOFError)))
+        if broken is None or cdr_files.is_stream_failure(group) is not None:
+            raise
+        # A file that breaks off (a truncated gzip file, ...): what was read is accounted for.
+        stderr.print(f"refused: a file could not be read to its end: {broken.exceptions[0]}")
+        rejected += 1
     except BaseException:
         interrupted = True
         raise

@@ -120,7 +120,14 @@ def _csv_batches(file: CdrFile, source: IO[str], size: int) -> Iterator[Batch]:
     types, sn, low, high = USAGE_TYPES, seconds_nanos, _INT64_MIN, _INT64_MAX
     batch = _new_batch(file)
     add, lines, kept = batch.request.records.add, batch.lines, batch.values
-    for values in reader:
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a field over the csv module's size limit
+            file.malformed(reader.line_num, [], f"not a CSV line: {exc}")
+            continue
         if len(values) != width:
             if values:  # blank lines are skipped
                 file.malformed(reader.line_num, values, f"{len(values)} fields, header has {width}")
