@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # Imported in this order; their @benchmark functions run in this order.
 MODULES = (
     "bench.ingestion",
+    "bench.usage_send",
     "bench.transport",
     "bench.storage",
     "bench.activation",
@@ -31,6 +32,7 @@ MODULES = (
 THROUGHPUT_UNIT = "records/s"
 COPY_BASELINE = "copy"
 TRANSPORT_BASELINE = "transport"
+INGESTION_FIGURE = "ingestion"
 
 
 @dataclass(frozen=True, slots=True)

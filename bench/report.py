@@ -2,7 +2,8 @@
 
 Every records/s figure is compared with the two baselines of the same run, when they
 ran: `vs COPY` = figure / copy (how much of the storage limit we reach), `vs transport`
-= figure / transport (how much of the gRPC + protobuf limit we reach).
+= figure / transport (how much of the gRPC + protobuf limit we reach), `vs ingestion` =
+figure / ingestion (e.g. how close `simrating usage send` of a file comes to it).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.registry import COPY_BASELINE, THROUGHPUT_UNIT, TRANSPORT_BASELINE, Figure
+from bench.registry import (
+    COPY_BASELINE,
+    INGESTION_FIGURE,
+    THROUGHPUT_UNIT,
+    TRANSPORT_BASELINE,
+    Figure,
+)
 from bench.workload import Workload
 
 
 def ratios(figure: Figure, by_name: dict[str, Figure]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for key, baseline in (("vs_copy", COPY_BASELINE), ("vs_transport", TRANSPORT_BASELINE)):
+    for key, baseline in (
+        ("vs_copy", COPY_BASELINE),
+        ("vs_transport", TRANSPORT_BASELINE),
+        ("vs_ingestion", INGESTION_FIGURE),
+    ):
         base = by_name.get(baseline)
         comparable = figure.unit == THROUGHPUT_UNIT and base is not None and base.value > 0
         out[key] = round(figure.value / base.value, 3) if comparable else None  # type: ignore[union-attr]
@@ -31,7 +42,7 @@ def ratios(figure: Figure, by_name: dict[str, Figure]) -> dict[str, float | None
 
 def table(figures: list[Figure]) -> str:
     by_name = {f.name: f for f in figures}
-    rows = [("figure", "value", "unit", "vs COPY", "vs transport")]
+    rows = [("figure", "value", "unit", "vs COPY", "vs transport", "vs ingestion")]
     for figure in figures:
         r = ratios(figure, by_name)
         rows.append(
@@ -41,6 +52,7 @@ def table(figures: list[Figure]) -> str:
                 figure.unit,
                 "-" if r["vs_copy"] is None else f"{r['vs_copy']:.2f}",
                 "-" if r["vs_transport"] is None else f"{r['vs_transport']:.2f}",
+                "-" if r["vs_ingestion"] is None else f"{r['vs_ingestion']:.2f}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

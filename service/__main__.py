@@ -1,4 +1,4 @@
-"""Entry point: `python -m service` (or `simrating`). Reads the environment and flags,
+"""Entry point: `python -m service` (or `simrating serve`). Reads the environment and flags,
 configures logging, installs signal handlers and runs the service until SIGTERM/SIGINT
 (exit status 0) or until a worker crashes (exit status 70, EX_SOFTWARE)."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Sequence
 
 import structlog
 
@@ -31,9 +32,10 @@ async def serve(settings: Settings) -> int:
     return app.exit_status
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "simrating") -> None:
+    """`python -m service`, `simrating serve`: flags from `argv` (default: sys.argv)."""
     try:
-        settings = Settings.from_environment()
+        settings = Settings.from_environment(argv=argv, prog=prog)
     except InvalidArgument as exc:
         sys.exit(f"simrating: bad setting {exc}")
     configure_logging(settings.log_format)

@@ -3,13 +3,9 @@ carry the lines, the per-SIM breakdown and the total; the export command reads P
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import os
-import sys
-from datetime import timedelta
 
 from service.domain.model import Invoice, UsageType
 from service.domain.periods import period_named
@@ -17,9 +13,9 @@ from service.domain.settlement import compute_invoice
 from service.storage.invoice_codec import invoice_from_json, invoice_to_json
 from service.usecases.invoice_export import CSV_COLUMNS, decimal_amount, export_csv, export_json
 from tests.conftest import AppFactory
-from tests.support import REPO
 from tests.support.billing import settle, worked_example
 from tests.support.builders import SIM1, SIM2, SIM3, account_a, plan_p, utc, worked_example_facts
+from tests.support.cli import simrating
 
 
 def january(final: bool = True) -> Invoice:
@@ -100,23 +96,16 @@ async def test_export_command_reads_the_settled_invoice(
     settled = await settle(stubs, "2026-01")
 
     async def export(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "service.cli.export_invoice",
-            *args,
-            cwd=REPO,
-            env={**os.environ, "RATING_DATABASE_URL": database_url},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        run = await simrating(
+            None, "invoices", "export", *args, env={"RATING_DATABASE_URL": database_url}
         )
-        out, err = await asyncio.wait_for(proc.communicate(), timedelta(seconds=60).seconds)
-        return proc.returncode or 0, out.decode(), err.decode()
+        return run.code, run.out, run.err
 
     code, out, _ = await export("--account", "A", "--period", "2026-01", "--format", "json")
     assert code == 0
     assert json.loads(out)["total_micros"] == settled.total_micros
     code, out, _ = await export("--account", "A", "--period", "2026-01", "--format", "csv")
     assert code == 0 and out.splitlines()[-1].startswith("total,A,2026-01,EUR")
+    assert [row.split(",")[0] for row in out.splitlines()[1:]].count("sim") == 3
     code, _, err = await export("--account", "A", "--period", "2026-02")
     assert code == 1 and "no invoice" in err

@@ -6,7 +6,8 @@ enough and a stolen file reveals no key:
 
     {"keys": [{"name": "crm-prod", "sha256": "<64 hex>", "roles": ["oss"]}, ...]}
 
-`python -m service.api.api_keys --name crm-prod --role oss` makes a new key and prints its entry.
+`simrating keys create --name crm-prod --role oss` (or `python -m service.api.api_keys`, same
+flags) makes a new key and prints its entry.
 
 Roles and what they may call (`admin` may call everything, ClockService included):
 
@@ -28,7 +29,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,25 @@ def _bearer_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | N
     return None
 
 
+def new_key(name: str, roles: Iterable[str]) -> tuple[str, dict[str, object]]:
+    """A new random key and its keys-file entry (which holds only the key's hash)."""
+    wanted = sorted(set(roles))
+    unknown = set(wanted) - ROLES.keys()
+    if unknown or not wanted:
+        raise InvalidArgument("roles", f"unknown or no roles {sorted(unknown)}")
+    key = secrets.token_urlsafe(32)
+    return key, {"name": name, "sha256": key_hash(key), "roles": wanted}
+
+
+def describe(key: str, entry: Mapping[str, object]) -> str:
+    return (
+        f"key (give it to the caller; it is not stored anywhere): {key}\n"
+        f"entry for RATING_API_KEYS_FILE: {json.dumps(entry)}"
+    )
+
+
 def main() -> None:
+    """`python -m service.api.api_keys`, the same as `simrating keys create`."""
     parser = argparse.ArgumentParser(
         prog="python -m service.api.api_keys",
         description="Make a new API key and its keys-file entry.",
@@ -161,10 +180,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="the caller's name, shown in logs")
     parser.add_argument("--role", action="append", choices=sorted(ROLES), required=True)
     args = parser.parse_args()
-    key = secrets.token_urlsafe(32)
-    entry = {"name": args.name, "sha256": key_hash(key), "roles": sorted(set(args.role))}
-    print(f"key (give it to the caller; it is not stored anywhere): {key}")
-    print(f"entry for RATING_API_KEYS_FILE: {json.dumps(entry)}")
+    print(describe(*new_key(args.name, args.role)))
 
 
 if __name__ == "__main__":

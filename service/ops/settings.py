@@ -53,9 +53,12 @@ class Settings:
 
     @classmethod
     def from_environment(
-        cls, environ: Mapping[str, str] = os.environ, argv: Sequence[str] | None = None
+        cls,
+        environ: Mapping[str, str] = os.environ,
+        argv: Sequence[str] | None = None,
+        prog: str = "simrating",
     ) -> Settings:
-        parser = argparse.ArgumentParser(prog="simrating", description="simrating gRPC service")
+        parser = argparse.ArgumentParser(prog=prog, description="simrating gRPC service")
         for name, default, help_text in _SETTINGS:
             flag = "--" + name.removeprefix("RATING_").lower().replace("_", "-")
             parser.add_argument(flag, dest=name, default=environ.get(name, default), help=help_text)
