@@ -38,18 +38,34 @@ What is asserted:
   the quantities of its records answered RATED in that period (a DUPLICATE counts nothing).
   Records of a stream that failed after they were sent are in doubt (they may be committed
   without an acknowledgement): like a mediation platform, the test sends them again, and a
-  DUPLICATE answer then means the failed stream had counted them.
+  DUPLICATE answer for an id not counted yet then means a failed stream had stored it. The
+  fuzz reuses ids (`fz-dup-N`) with other contents, so which of the records sent with that
+  id was stored is read from PostgreSQL (and must be one of them); that one is counted.
 
 The clock only moves by small steps here: AdvanceTime gets hostile times that must be
 refused (year 1, the past, out-of-range seconds or nanos, unset) but no jump to year 9999,
 which would make the settlement worker close ninety thousand periods and leave the rest
 of the run at the end of time. That jump is not covered yet.
+
+Replaying a failure: every run draws a fresh seed and prints it ("fuzz seed N: replay with
+RATING_FUZZ_SEED=N", in the captured output and in the failure's message).
+
+    RATING_FUZZ_SEED=N pytest tests/test_fuzz.py::test_fuzz_every_rpc
+
+reruns that seed: hypothesis's `@seed` draws the same calls, and the server (a fresh
+database, the test clock at T0) answers them alike, so the run fails at the same call.
+Only timing can differ (which batches share a group commit). A failure is caught outside
+hypothesis (see `run_fuzz`), so hypothesis's own replay of one example (`print_blob`,
+`@reproduce_failure`) does not apply: a failure here depends on the state every earlier
+example left, and the seed replays the whole run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -62,7 +78,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from rating.v1 import catalog_service_pb2 as c
@@ -70,7 +86,7 @@ from rating.v1 import clock_service_pb2 as k
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
-from service.app import SERVICE_NAMES
+from service.app import SERVICE_NAMES, Application
 from service.domain.periods import period_containing
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs, iccids
@@ -80,6 +96,7 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 YEAR_1 = -62135596800  # 0001-01-01T00:00:00Z
 YEAR_9999_END = 253402300799  # 9999-12-31T23:59:59Z
 CALL_TIMEOUT = 60.0
+SEED_VARIABLE = "RATING_FUZZ_SEED"
 MESSAGE_LIMIT = 8 * 1024 * 1024  # the server's default receive limit
 # grpc.aio client bug (grpc/grpc#36066, fix proposed in grpc/grpc#43486): when the server ends
 # a stream while the client is still writing (a batch over the limit followed by more
@@ -813,8 +830,15 @@ class Fuzzer:
             self.model.in_doubt.extend(batch.records)
 
     def _learn_results(
-        self, records: list[t.UsageRecord], results: list[t.RecordResult], retry: bool = False
+        self,
+        records: list[t.UsageRecord],
+        results: list[t.RecordResult],
+        stored: dict[str, t.UsageRecord] | None = None,
     ) -> None:
+        """`stored` (a retry of records in doubt): for each of their ids stored before the
+        retry, the record stored with it. A DUPLICATE of an id not counted yet then means a
+        failed stream stored it: that record is counted, whichever of the records sent with
+        the id it was (the fuzz reuses ids with other contents)."""
         assert len(results) == len(records), "one result per record"
         for record, result in zip(records, results, strict=True):
             # An INVALID record's id is echoed cut to 128 characters: no 300 KB echoes.
@@ -822,13 +846,15 @@ class Fuzzer:
             assert result.record_id in (record.record_id, echoed)
             assert result.status in RECORD_STATUSES, result
             self.model.record_statuses[t.RecordStatus.Name(result.status)] += 1
-            counted = result.status == t.RECORD_STATUS_RATED or (
-                retry
+            if result.status == t.RECORD_STATUS_RATED:
+                self._count(record)
+            elif (
+                stored is not None
                 and result.status == t.RECORD_STATUS_DUPLICATE
                 and record.record_id not in self.model.rated_ids
-            )
-            if counted:
-                self._count(record)
+            ):
+                assert record.record_id in stored, f"DUPLICATE, never stored: {record.record_id}"
+                self._count(stored[record.record_id])
 
     def _count(self, record: t.UsageRecord) -> None:
         assert record.record_id not in self.model.rated_ids, f"counted twice: {record.record_id}"
@@ -903,9 +929,10 @@ async def known_good_tour(fuzzer: Fuzzer) -> None:
         assert answer.code == grpc.StatusCode.OK, (method.name, answer.details)
 
 
-def run_fuzz(fuzzer: Fuzzer, examples: int) -> None:
+def run_fuzz(fuzzer: Fuzzer, examples: int, fuzz_seed: int) -> None:
     methods = every_method()
 
+    @seed(fuzz_seed)
     @settings(
         max_examples=examples,
         deadline=None,
@@ -944,15 +971,61 @@ def shown(request: Any) -> str:
     return text if len(text) < 3_000 else text[:3_000] + f"... ({len(text)} characters)"
 
 
-async def resolve_in_doubt(fuzzer: Fuzzer) -> None:
+async def resolve_in_doubt(fuzzer: Fuzzer, app: Application) -> None:
+    """Send the records in doubt again, in the order they were first sent."""
     rate_usage = next(m for m in every_method() if m.name == "RateUsage")
     doubt = fuzzer.model.in_doubt
-    for start in range(0, len(doubt), 5_000):
-        records = doubt[start : start + 5_000]
+    stored = await stored_in_doubt(app, doubt, fuzzer.model.rated_ids)
+    for records in retry_batches(doubt):
         request = r.RateUsageRequest(records=records)
         answer = await fuzzer.call(rate_usage, request)
         assert answer.code == grpc.StatusCode.OK, answer.details
-        fuzzer._learn_results(records, list(answer.responses[0].results), retry=True)
+        fuzzer._learn_results(records, list(answer.responses[0].results), stored)
+
+
+async def stored_in_doubt(
+    app: Application, doubt: list[t.UsageRecord], counted: set[str]
+) -> dict[str, t.UsageRecord]:
+    """Of the records in doubt whose id is not `counted` (answered RATED), the one stored
+    with each id stored now: read from PostgreSQL, as no answer tells which of several
+    records sent with an id a failed stream stored. Each must be one of those records."""
+    sent: dict[str, list[t.UsageRecord]] = defaultdict(list)
+    for record in doubt:
+        # An id with a NUL is never stored (PostgreSQL text cannot hold it).
+        if record.record_id not in counted and "\x00" not in record.record_id:
+            sent[record.record_id].append(record)
+    async with app.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT record_id, iccid, usage_type, quantity, event_time FROM usage_records"
+            " WHERE record_id = ANY($1::text[])",
+            list(sent),
+        )
+    stored = {}
+    for row in rows:
+        content = (row["iccid"], row["usage_type"], row["quantity"], row["event_time"])
+        matches = [x for x in sent[row["record_id"]] if record_content(x) == content]
+        assert matches, f"stored {row['record_id']!r} as no record sent with that id: {content}"
+        stored[row["record_id"]] = matches[0]
+    return stored
+
+
+def record_content(record: t.UsageRecord) -> tuple[str, int, int, datetime]:
+    return (record.iccid, record.usage_type, record.quantity, record.event_time.ToDatetime(UTC))
+
+
+def retry_batches(records: list[t.UsageRecord]) -> Iterator[list[t.UsageRecord]]:
+    """Batches of at most 5,000 records and half the message limit, in order."""
+    batch: list[t.UsageRecord] = []
+    size = 0
+    for record in records:
+        record_size = record.ByteSize() + 8  # with its tag and length
+        if batch and (len(batch) == 5_000 or size + record_size > MESSAGE_LIMIT // 2):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += record_size
+    if batch:
+        yield batch
 
 
 async def check_state(fuzzer: Fuzzer, stubs: Stubs) -> None:
@@ -1018,7 +1091,24 @@ def report(model: Model, calls: int, seconds: float) -> None:
     )
 
 
+def fuzz_seed() -> int:
+    """The seed of this run: RATING_FUZZ_SEED when set (a replay), else a fresh one."""
+    chosen = os.environ.get(SEED_VARIABLE, "").strip()
+    return int(chosen) if chosen else random.SystemRandom().randrange(2**32)
+
+
 async def test_fuzz_every_rpc(start_app: AppFactory) -> None:
+    fuzz_seed_ = fuzz_seed()
+    replay = f"{SEED_VARIABLE}={fuzz_seed_}"
+    print(f"fuzz seed {fuzz_seed_}: replay with {replay}")
+    try:
+        await fuzz_every_rpc(start_app, fuzz_seed_)
+    except AssertionError as exc:
+        exc.add_note(f"fuzz seed {fuzz_seed_}: replay with {replay}")
+        raise
+
+
+async def fuzz_every_rpc(start_app: AppFactory, fuzz_seed: int) -> None:
     methods = every_method()
     assert len(methods) == 19
     app, stubs = await start_app()
@@ -1026,11 +1116,11 @@ async def test_fuzz_every_rpc(start_app: AppFactory) -> None:
     await set_up(fuzzer)
     started = time.perf_counter()
     try:
-        await asyncio.to_thread(run_fuzz, fuzzer, 250)
+        await asyncio.to_thread(run_fuzz, fuzzer, 250, fuzz_seed)
     finally:
         report(fuzzer.model, fuzzer.calls, time.perf_counter() - started)
     await known_good_tour(fuzzer)
-    await resolve_in_doubt(fuzzer)
+    await resolve_in_doubt(fuzzer, app)
     for method in methods:
         assert fuzzer.model.codes[method.name].total() >= 20, method.name
     await check_state(fuzzer, stubs)
@@ -1125,3 +1215,42 @@ async def test_error_quoting_a_huge_id_keeps_its_code(stubs: Stubs) -> None:
             assert len(exc.details() or "") < 1_000
         else:
             raise AssertionError("found an account or SIM that does not exist")
+
+
+async def test_a_bill_beyond_int64_is_a_failed_precondition(start_app: AppFactory) -> None:
+    """Found by the fuzz: two SIMs on a plan whose fee is the int64 maximum made a bill whose
+    total no longer fits in int64; GetBillPreview failed INTERNAL."""
+    from rating.v1 import billing_service_pb2 as b
+
+    app, stubs = await start_app()
+    fuzzer = Fuzzer(asyncio.get_running_loop(), stubs.channel)
+    await set_up(fuzzer)
+    dear = build_plan("dear", "EUR", INT64_MAX, False, False, False)
+    await stubs.catalog.PutPlan(c.PutPlanRequest(plan=dear))
+    provision = p.ProvisionSimsRequest(account_id=SETUP_ACCOUNT, plan_id="dear", iccids=FREE[:2])
+    provision.provisioned_at.FromDatetime(T0 - timedelta(days=40))
+    await stubs.provisioning.ProvisionSims(provision)
+    for call in (
+        stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id=SETUP_ACCOUNT)),
+        stubs.billing.SettlePeriod(
+            b.SettlePeriodRequest(account_id=SETUP_ACCOUNT, period="2025-12")
+        ),
+    ):
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+            assert "beyond the int64 range" in (exc.details() or "")
+        else:
+            raise AssertionError("a bill beyond int64 was answered")
+    metric = app.metrics.registry.get_sample_value
+    assert metric("rating_settlements_total", {"result": "failed"}) == 1
+    code = await code_of(
+        stubs.billing.GetInvoice(b.GetInvoiceRequest(account_id=SETUP_ACCOUNT, period="2025-12"))
+    )
+    assert code == grpc.StatusCode.NOT_FOUND  # nothing was settled
+    # The other account's bills are untouched.
+    await stubs.catalog.PutAccount(
+        c.PutAccountRequest(account=build_account("fz-a1", "EUR", "UTC", 1, None))
+    )
+    await stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id="fz-a1"))
