@@ -29,7 +29,6 @@ from tests.fuzz.model import (
     PROVISION_STATUSES,
     RECORD_STATUSES,
     Model,
-    every_method,
 )
 from tests.fuzz.strategies import request_strategy
 
@@ -221,8 +220,10 @@ class Fuzzer:
         self.model.rated[(record.iccid, period.name)][record.usage_type] += record.quantity
 
 
-def run_fuzz(fuzzer: Fuzzer, examples: int, fuzz_seed: int) -> None:
-    methods = every_method()
+def run_fuzz(
+    fuzzer: Fuzzer, methods: list[MethodDescriptor], examples: int, fuzz_seed: int | str
+) -> None:
+    """`examples` hypothesis examples of 1 to 12 calls of `methods`, seeded with `fuzz_seed`."""
 
     @seed(fuzz_seed)
     @settings(
