@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
 
+from rating.v1 import billing_service_pb2 as b
 from rating.v1 import clock_service_pb2 as k
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
@@ -344,3 +346,172 @@ async def test_inside_the_state_lock_the_counters_hold_every_stored_record_under
             checks += 1
     await senders
     assert checks > 1 and any(found), found
+
+
+# --- a record id repeated inside a group: refused records are never DUPLICATE of themselves ---
+
+
+async def usage_world(stubs: Stubs) -> tuple[str, str, str]:
+    """An active SIM, a terminated one (at T0) and one for holding the persister; December
+    2025 settled."""
+    active, ended, holder = await account_with_sims(
+        stubs, 3, provisioned_at=T0 - timedelta(days=40)
+    )
+    await stubs.provisioning.TerminateSim(p.TerminateSimRequest(iccid=ended))
+    await stubs.billing.SettlePeriod(b.SettlePeriodRequest(account_id="A", period="2025-12"))
+    return active, ended, holder
+
+
+async def stored_usage(app: Application) -> dict[str, tuple[str, int]]:
+    async with app.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT record_id, iccid, quantity FROM usage_records")
+    return {row["record_id"]: (row["iccid"], row["quantity"]) for row in rows}
+
+
+DECEMBER = T0 - timedelta(days=10)  # in the settled period
+
+
+def repeated_ids(active: str, ended: str) -> list[t.UsageRecord]:
+    """Each id twice or more: refused (after termination, period closed) and good, in every
+    order."""
+    return [
+        record("x", ended, 1),  # refused, then a good one: the refusal, RATED
+        record("x", active, 100),
+        record("y", active, 10),  # good, then refused: RATED, then DUPLICATE of it
+        record("y", ended, 2),
+        record("z", ended, 3),  # refused twice: two refusals
+        record("z", ended, 3),
+        record("p", active, 4, when=DECEMBER),  # the same with a closed period
+        record("p", active, 1_000),
+        record("q", active, 20),
+        record("q", active, 5, when=DECEMBER),
+        record("q", active, 6),  # a good one after both: DUPLICATE
+    ]
+
+
+REPEATED_ID_STATUSES = [
+    S.RECORD_STATUS_AFTER_TERMINATION,
+    S.RECORD_STATUS_RATED,
+    S.RECORD_STATUS_RATED,
+    S.RECORD_STATUS_DUPLICATE,
+    S.RECORD_STATUS_AFTER_TERMINATION,
+    S.RECORD_STATUS_AFTER_TERMINATION,
+    S.RECORD_STATUS_PERIOD_CLOSED,
+    S.RECORD_STATUS_RATED,
+    S.RECORD_STATUS_RATED,
+    S.RECORD_STATUS_DUPLICATE,
+    S.RECORD_STATUS_DUPLICATE,
+]
+
+
+async def check_repeated_ids_stored(
+    app: Application, stubs: Stubs, active: str, ended: str, holder: str | None = None
+) -> None:
+    """The good record of each id stored and counted, once; then each id a DUPLICATE of
+    its stored record (`holder`: the SIM of the group tests' one record "hold")."""
+    held = {} if holder is None else {"hold": (holder, 1)}
+    assert await stored_usage(app) == {
+        "x": (active, 100),
+        "y": (active, 10),
+        "p": (active, 1_000),
+        "q": (active, 20),
+        **held,
+    }
+    assert await period_usage(stubs, active) == {t.USAGE_TYPE_DATA: 1_130}
+    assert await period_usage(stubs, ended) == {}
+    # Stored before now: every copy of x, y, p, q is DUPLICATE; z, never stored, is refused.
+    again = await rate(stubs, *repeated_ids(active, ended))
+    assert [x.status for x in again] == [
+        *[S.RECORD_STATUS_DUPLICATE] * 4,
+        S.RECORD_STATUS_AFTER_TERMINATION,
+        S.RECORD_STATUS_AFTER_TERMINATION,
+        *[S.RECORD_STATUS_DUPLICATE] * 5,
+    ]
+    assert await period_usage(stubs, active) == {t.USAGE_TYPE_DATA: 1_130}
+    metric = app.metrics.registry.get_sample_value
+    assert metric("rating_usage_records_total", {"status": "RATED"}) == 4 + len(held)
+    assert metric("rating_usage_records_total", {"status": "DUPLICATE"}) == 3 + 9
+
+
+async def test_a_record_refused_in_a_batch_is_not_the_duplicate_of_a_later_one(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    active, ended, _ = await usage_world(stubs)
+    results = await rate(stubs, *repeated_ids(active, ended))
+    assert [x.status for x in results] == REPEATED_ID_STATUSES
+    assert results[0].detail == "event_time at or after terminated_at"
+    assert results[6].detail == "period 2025-12 is settled"
+    await check_repeated_ids_stored(app, stubs, active, ended)
+
+
+async def test_a_record_refused_in_a_stream_batch_is_not_the_duplicate_of_a_later_one(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    active, ended, _ = await usage_world(stubs)
+    request = r.StreamUsageRequest(batch_id="b", records=repeated_ids(active, ended))
+    [ack] = [ack async for ack in stubs.rating.StreamUsage(iter([request]))]
+    assert [x.status for x in ack.results] == REPEATED_ID_STATUSES
+    await check_repeated_ids_stored(app, stubs, active, ended)
+
+
+async def in_one_group(app: Application, stubs: Stubs, holder: str, *sends: Any) -> list[Any]:
+    """Run `sends` (coroutine functions, each queueing one batch) so that their batches are
+    committed in ONE group, in this order: the persister is held on a first batch while they
+    queue one after the other."""
+    metric = app.metrics.registry.get_sample_value
+    groups = metric("rating_persist_batch_records_count") or 0
+    async with app.state_lock:  # the persister takes the first batch, then waits for this
+        held = asyncio.ensure_future(rate(stubs, record("hold", holder, 1)))
+        await until(lambda: app.persister.busy)
+        running = []
+        for n, send in enumerate(sends, 1):
+            running.append(asyncio.ensure_future(send()))
+            await until(lambda n=n: metric("rating_persist_queue_depth") == n)  # type: ignore[misc]
+    await held
+    answers = await asyncio.gather(*running)
+    assert metric("rating_persist_batch_records_count") == groups + 2  # held, then theirs
+    return answers
+
+
+async def test_a_record_refused_in_a_group_is_not_the_duplicate_of_a_later_batch(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    active, ended, holder = await usage_world(stubs)
+    batches = [[x] for x in repeated_ids(active, ended)]  # one record per RateUsage call
+    answers = await in_one_group(
+        app, stubs, holder, *(lambda batch=batch: rate(stubs, *batch) for batch in batches)
+    )
+    assert [x.status for [x] in answers] == REPEATED_ID_STATUSES
+    await check_repeated_ids_stored(app, stubs, active, ended, holder)
+
+
+async def test_a_record_refused_in_a_stream_is_not_the_duplicate_of_a_later_batch(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    active, ended, holder = await usage_world(stubs)
+    requests = [
+        r.StreamUsageRequest(batch_id=f"b{n}", records=[x])
+        for n, x in enumerate(repeated_ids(active, ended))
+    ]
+    metric = app.metrics.registry.get_sample_value
+    groups = metric("rating_persist_batch_records_count") or 0
+    async with app.state_lock:
+        held = asyncio.ensure_future(rate(stubs, record("hold", holder, 1)))
+        await until(lambda: app.persister.busy)
+        stream = stubs.rating.StreamUsage(iter(requests))
+        acks = asyncio.ensure_future(collect(stream))
+        # One reader submits the batches in order; all wait in the queue for one group.
+        await until(lambda: metric("rating_persist_queue_depth") == len(requests))
+    await held
+    assert [a.batch_id for a in await acks] == [x.batch_id for x in requests]
+    assert [x.status for a in await acks for x in a.results] == REPEATED_ID_STATUSES
+    assert metric("rating_persist_batch_records_count") == groups + 2  # held, then theirs
+    await check_repeated_ids_stored(app, stubs, active, ended, holder)
+
+
+async def collect(stream: Any) -> list[Any]:
+    return [ack async for ack in stream]

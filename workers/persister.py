@@ -77,7 +77,8 @@ class Committed:
     group: list[Submission]
     checked: list[list[Checked]]
     new: list[Candidate]  # stored by this commit, in order
-    counted_closed: set[str]  # ids refused as closed that were stored before
+    counted_closed: set[str]  # ids refused as closed that were stored before the group
+    repeated: set[int]  # identities of those refused as closed after a candidate of their id
     moved: dict[str, Sim]  # billing starts the group moved
     started: float  # perf_counter() when the group was taken
     position: int = 0
@@ -196,16 +197,24 @@ class Persister:
             checked = [
                 s.checked if s.version == version else engine.check_all(s.records) for s in group
             ]
-            # The first candidate of each id; a later one in the group is a DUPLICATE.
+            # The first candidate of each id; a later one in the group is a DUPLICATE. So is a
+            # record refused as closed after a candidate of its id (stored by then, by this
+            # group or before it); one refused before any is a DUPLICATE only if its id was
+            # stored before the group (`closed`, looked up before the insert).
             first: dict[str, Candidate] = {}
             closed: list[str] = []
+            repeated: set[int] = set()
             for items in checked:
                 for item in items:
                     if type(item) is Candidate:
                         if item.record_id not in first:
                             first[item.record_id] = item
                     elif type(item) is UnlessCounted:
-                        closed.append(item.refusal.record_id)
+                        record_id = item.refusal.record_id
+                        if record_id in first:
+                            repeated.add(id(item))
+                        else:
+                            closed.append(record_id)
             counting = (
                 asyncio.ensure_future(self._count_pending_gradually())
                 if self._pending is not None
@@ -220,7 +229,7 @@ class Persister:
                 if counting is not None and not counting.done():
                     counting.cancel()  # what is left is counted by the next one to enter
             assert self._pending is None, "the previous group was counted before plan_starts"
-            self._pending = Committed(group, checked, new, counted_closed, moved, started)
+            self._pending = Committed(group, checked, new, counted_closed, repeated, moved, started)
 
     async def _count_pending_gradually(self) -> None:
         while True:
@@ -256,7 +265,9 @@ class Persister:
         rated = dict(zip(map(id, new), committed.results, strict=True))
         by_status: dict[RecordStatus, int] = {RecordStatus.RATED: len(new)} if new else {}
         for submission, items in zip(committed.group, committed.checked, strict=True):
-            answers = self._answers(items, rated, committed.counted_closed, by_status)
+            answers = self._answers(
+                items, rated, committed.counted_closed, committed.repeated, by_status
+            )
             if not submission.future.done():
                 submission.future.set_result(answers)
         self._count_quantities(new)
@@ -272,19 +283,20 @@ class Persister:
         counting: asyncio.Future[None] | None,
     ) -> tuple[list[Candidate], set[str], dict[str, Sim]]:
         """Commit the new ones of `first` (candidates by id) with the billing starts they
-        move; return them, the `closed` ids counted before, and the moved SIMs. `counting`
-        (the previous group's) must end before billing starts are decided."""
+        move; return them, the `closed` ids stored before this group, and the moved SIMs.
+        `counting` (the previous group's) must end before billing starts are decided."""
         new: list[Candidate] = []
         committing = False
         try:
             async with repository.transaction(self._pool) as conn:
                 # Before the insert: a record stored by an in-doubt commit is not new now.
                 recovered = await self._recover_in_doubt(conn)
-                inserted = (
-                    await repository.insert_usage(conn, list(first.values())) if first else []
-                )
+                # Before the insert too: a closed id is counted only if stored BEFORE the group.
                 counted_closed = (
                     await repository.known_record_ids(conn, closed) if closed else set()
+                )
+                inserted = (
+                    await repository.insert_usage(conn, list(first.values())) if first else []
                 )
                 new = recovered + inserted if recovered else inserted
                 if counting is not None:
@@ -324,9 +336,12 @@ class Persister:
         items: list[Checked],
         rated: dict[int, RecordResult],
         counted: set[str],
+        repeated: set[int],
         by_status: dict[RecordStatus, int],
     ) -> list[RecordResult]:
-        """A submission's results in order; counts the statuses of those not in `rated`."""
+        """A submission's results in order; counts the statuses of those not in `rated`.
+        One refused as closed is a DUPLICATE if its id is in `counted` (stored before the
+        group) or it is in `repeated` (after a candidate of its id in the group)."""
         answers: list[RecordResult] = []
         append = answers.append
         for item in items:
@@ -339,7 +354,7 @@ class Persister:
                 result = RecordResult(item.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
             elif type(item) is UnlessCounted:
                 record_id = item.refusal.record_id
-                if record_id in counted:
+                if record_id in counted or id(item) in repeated:
                     result = RecordResult(record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
                 else:
                     result = item.refusal

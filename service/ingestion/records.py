@@ -65,8 +65,9 @@ class Candidate(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class UnlessCounted:
     """A record refused because of what happened since it may have been counted (its period
-    was settled, its SIM terminated): DUPLICATE if its id was counted before, else `refusal`.
-    Ids are the idempotency key forever, so a retry never gets a different answer."""
+    was settled, its SIM terminated): DUPLICATE if its id was counted before it (stored
+    before its group, or by a record before it in the group), else `refusal`. Ids are the
+    idempotency key forever, so a retry never gets a different answer."""
 
     refusal: RecordResult
 

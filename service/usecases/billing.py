@@ -32,6 +32,8 @@ from service.storage import repository
 
 log = structlog.get_logger("billing")
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # invoice amounts travel and are stored as int64
+
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
@@ -103,8 +105,9 @@ class Billing:
             account = self._cache.accounts[account.account_id]
             try:
                 stored, created = await self._commit(account, period, now)
-            except StorageUnavailable as exc:
-                # Expected while PostgreSQL is down, for every due account: no traceback each.
+            except (StorageUnavailable, FailedPrecondition) as exc:
+                # Expected while PostgreSQL is down, for every due account, or for a bill
+                # beyond int64 (a known limit): no traceback each.
                 self._metrics.settlements.labels("failed").inc()
                 log.warning(
                     "settlement failed",
@@ -159,7 +162,7 @@ class Billing:
     def _compute(
         self, account: Account, period: Period, *, final: bool, settled_at: datetime | None = None
     ) -> Invoice:
-        return compute_invoice(
+        invoice = compute_invoice(
             account,
             self._cache.plans,
             period,
@@ -167,6 +170,8 @@ class Billing:
             final=final,
             settled_at=settled_at,
         )
+        _check_int64(invoice)
+        return invoice
 
     async def _commit(
         self, account: Account, period: Period, now: datetime
@@ -189,3 +194,20 @@ class Billing:
         invoice = await self._stored(account_id, period_name)
         self._metrics.settlements.labels("already_settled").inc()
         return Settlement(invoice, created=False)
+
+
+def _check_int64(invoice: Invoice) -> None:
+    """A bill whose amounts or quantities leave int64 can be neither answered nor stored."""
+    for line in invoice.lines:
+        for name in ("quantity", "chargeable_quantity", "amount_micros"):
+            if not INT64_MIN <= getattr(line, name) <= INT64_MAX:
+                raise FailedPrecondition(_beyond_int64(invoice, f"a {line.kind.name} line"))
+    if not INT64_MIN <= invoice.total_micros <= INT64_MAX:
+        raise FailedPrecondition(_beyond_int64(invoice, "the total"))
+
+
+def _beyond_int64(invoice: Invoice, what: str) -> str:
+    return (
+        f"the bill of account {invoice.account_id!r} for period {invoice.period.name} is beyond"
+        f" the int64 range: {what} exceeds {INT64_MAX} (micros or units)"
+    )
