@@ -24,6 +24,8 @@ from workers.persister import Persister
 MAX_RECORDS_PER_BATCH = 10_000
 # Batches of one stream in flight (read ahead, not yet acknowledged).
 STREAM_WINDOW = 16
+# At most this long a failing stream keeps reading what the client still sends (see _drain).
+STREAM_DRAIN_S = 2.0
 
 
 def _checked_records(
@@ -108,9 +110,12 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         in_flight: asyncio.Queue[tuple[str, asyncio.Future[list[RecordResult]]] | None] = (
             asyncio.Queue(STREAM_WINDOW)
         )
+        ending = False  # the stream ends with an error: the reader discards what still comes
 
         async def read() -> None:
             async for batch in request_iterator:
+                if ending:
+                    continue
                 records = _checked_records(batch.records)
                 submitted = asyncio.ensure_future(self._persister.submit(records, wait=True))
                 await in_flight.put((batch.batch_id, submitted))
@@ -132,9 +137,38 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
                 ack = pb.StreamUsageResponse(batch_id=batch_id)
                 convert.add_results(ack.results, await submitted)
                 yield ack
+        except Exception:
+            ending = True
+            _cancel_queued(in_flight)  # also unblocks a reader waiting for room
+            await _drain(reader)
+            raise
         finally:
             reader.cancel()
-            while not in_flight.empty():
-                item = in_flight.get_nowait()
-                if item is not None:
-                    item[1].cancel()
+            _cancel_queued(in_flight)
+
+
+def _cancel_queued(
+    in_flight: asyncio.Queue[tuple[str, asyncio.Future[list[RecordResult]]] | None],
+) -> None:
+    while not in_flight.empty():
+        item = in_flight.get_nowait()
+        if item is not None:
+            item[1].cancel()
+
+
+async def _drain(reader: asyncio.Task[None]) -> None:
+    """Let the reader read (and discard) what the client still sends, until it half-closes
+    or STREAM_DRAIN_S pass, before the stream ends with an error.
+
+    A status sent while the client is still writing makes the server reset the stream; the
+    client's write in progress then fails, and grpc clients report that failure as INTERNAL
+    ("Internal error from Core") when it comes before the status: the caller would see
+    INTERNAL instead of the real code (UNAVAILABLE during an outage).
+    """
+    if reader.done():
+        return  # it failed (bad batch) or read everything
+    try:
+        async with asyncio.timeout(STREAM_DRAIN_S):
+            await asyncio.wait({reader})
+    except TimeoutError:
+        pass  # a client that keeps sending: end the stream anyway
