@@ -140,7 +140,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         except Exception:
             ending = True
             _cancel_queued(in_flight)  # also unblocks a reader waiting for room
-            await _drain(reader)
+            await _drain(reader, request_iterator)
             raise
         finally:
             reader.cancel()
@@ -156,19 +156,23 @@ def _cancel_queued(
             item[1].cancel()
 
 
-async def _drain(reader: asyncio.Task[None]) -> None:
-    """Let the reader read (and discard) what the client still sends, until it half-closes
-    or STREAM_DRAIN_S pass, before the stream ends with an error.
+async def _drain(
+    reader: asyncio.Task[None], request_iterator: AsyncIterator[pb.StreamUsageRequest]
+) -> None:
+    """Read (and discard) what the client still sends, until it half-closes or
+    STREAM_DRAIN_S pass, before the stream ends with an error.
 
     A status sent while the client is still writing makes the server reset the stream; the
     client's write in progress then fails, and grpc clients report that failure as INTERNAL
     ("Internal error from Core") when it comes before the status: the caller would see
     INTERNAL instead of the real code (UNAVAILABLE during an outage).
     """
-    if reader.done():
-        return  # it failed (bad batch) or read everything
     try:
         async with asyncio.timeout(STREAM_DRAIN_S):
-            await asyncio.wait({reader})
+            if not reader.done():
+                await asyncio.wait({reader})  # it discards what comes (`ending`)
+            elif reader.exception() is not None:  # it stopped at a bad batch: read on here
+                async for _ in request_iterator:
+                    pass
     except TimeoutError:
         pass  # a client that keeps sending: end the stream anyway
