@@ -12,6 +12,7 @@ occur (ON CONFLICT), never by catching it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -155,6 +156,39 @@ async def retried(
     raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
+async def copy_records(
+    conn: asyncpg.Connection, table: str, records: Iterable[Any], columns: Sequence[str]
+) -> None:
+    """COPY `records` into `table`, failing with ConnectionDoesNotExistError as soon as the
+    connection is lost.
+
+    asyncpg's COPY waits for the socket to accept more data whenever its buffer is full; if
+    the connection breaks then (the server crashed in the middle of a large COPY), nothing
+    wakes it and it waits forever: a stream would never get its answer, and the task doing
+    the COPY could not even be stopped. The termination listener notices the loss.
+    """
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_lost(_: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    conn.add_termination_listener(on_lost)
+    copy = asyncio.ensure_future(
+        conn.copy_records_to_table(table, records=records, columns=columns)
+    )
+    try:
+        await asyncio.wait({copy, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if not copy.done():
+            raise asyncpg.ConnectionDoesNotExistError(f"connection lost during COPY to {table}")
+        copy.result()
+    finally:
+        conn.remove_termination_listener(on_lost)
+        if not copy.done():
+            copy.cancel()  # it stops at once; what it raises then is of no interest
+            copy.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
 # --- catalog -------------------------------------------------------------------------------
 
 
@@ -274,7 +308,7 @@ async def fetch_sims(conn: asyncpg.Connection, iccids: Sequence[str]) -> dict[st
 
 async def insert_sims(conn: asyncpg.Connection, sims: Sequence[Sim]) -> None:
     """Bulk insert with COPY: one round trip for up to 10,000 SIMs."""
-    await conn.copy_records_to_table("sims", records=map(_sim_row, sims), columns=_SIM_COLUMNS)
+    await copy_records(conn, "sims", map(_sim_row, sims), _SIM_COLUMNS)
 
 
 async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
@@ -318,7 +352,7 @@ async def insert_usage(conn: asyncpg.Connection, candidates: list[Candidate]) ->
     seen = await known_record_ids(conn, [c.record_id for c in candidates])
     rows = [c for c in candidates if c.record_id not in seen] if seen else candidates
     if rows:
-        await conn.copy_records_to_table("usage_records", records=rows, columns=USAGE_COLUMNS)
+        await copy_records(conn, "usage_records", rows, USAGE_COLUMNS)
     return rows
 
 
