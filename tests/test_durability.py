@@ -6,6 +6,9 @@
 2. PostgreSQL stopped under load and started again, the service left running: callers
    get UNAVAILABLE (never a RATED for a record that is not stored), and ingestion resumes
    with counters equal to what is stored.
+3. PostgreSQL crashed (stop -m immediate) twice while four streams send large batches:
+   every error a caller sees is UNAVAILABLE (also for the streams retried while it is
+   down), and once it is back, retrying stores and counts every record exactly once.
 
 No sleeps: the tests wait on events set by the acknowledgements themselves.
 """
