@@ -6,6 +6,9 @@
 2. PostgreSQL stopped under load and started again, the service left running: callers
    get UNAVAILABLE (never a RATED for a record that is not stored), and ingestion resumes
    with counters equal to what is stored.
+3. PostgreSQL crashed (stop -m immediate) twice while four streams send large batches:
+   every error a caller sees is UNAVAILABLE (also for the streams retried while it is
+   down), and once it is back, retrying stores and counts every record exactly once.
 
 No sleeps: the tests wait on events set by the acknowledgements themselves.
 """
@@ -68,6 +71,7 @@ class Acks:
     statuses: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     errors: list[grpc.StatusCode] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # of each error, in order
     _waiters: list[tuple[int, asyncio.Event]] = field(default_factory=list)
 
     def add(self, results: Sequence[t.RecordResult]) -> None:
@@ -108,6 +112,7 @@ async def stream(stubs: Stubs, batches: Sequence[Batch], acks: Acks) -> None:
             acks.add(response.results)
     except grpc.aio.AioRpcError as exc:
         acks.errors.append(exc.code())
+        acks.details.append(f"{exc.details()} ({exc.debug_error_string()})")
 
 
 async def rate_batches(stubs: Stubs, batches: Sequence[Batch], acks: Acks) -> None:
@@ -323,4 +328,85 @@ async def test_postgres_stopped_under_load_then_started_again() -> None:
     finally:
         if app is not None:
             await app.stop()
+        await asyncio.to_thread(pg.cleanup)
+
+
+# --- 3. PostgreSQL crashed twice while streams send ---------------------------------------------
+
+CRASH_STREAMS = 4
+# Each stream sends more than HTTP/2 flow control lets through at once, so the clients are
+# still writing when their streams fail: the case where a grpc client reported INTERNAL.
+CRASH_BATCHES_PER_STREAM = 30
+CRASH_BATCH_SIZE = 2_000
+CRASH_AFTER_BATCHES = 8  # acknowledged batches, all streams together, in each round
+
+
+async def crash_round(
+    stubs: Stubs, pg: StoppablePostgres, per_stream: Sequence[Sequence[Batch]]
+) -> Acks:
+    """Send on every stream; once some batches are acknowledged, crash PostgreSQL (stop -m
+    immediate) while they are still sending; wait for every stream to end, send again while
+    it is down, then start it again. Returns the acknowledgements and errors of all."""
+    acks = Acks()
+    senders = [asyncio.create_task(stream(stubs, batches, acks)) for batches in per_stream]
+    await acks.wait_for_batches(CRASH_AFTER_BATCHES)
+    await asyncio.to_thread(pg.stop, "immediate")
+    await asyncio.wait_for(asyncio.gather(*senders), CALL_TIMEOUT * 2)
+    # A caller retries UNAVAILABLE at once: while PostgreSQL is down, every stream fails
+    # again, early, while the client is still sending its batches.
+    retried = Acks()
+    async with asyncio.timeout(CALL_TIMEOUT * 2):
+        await asyncio.gather(*(stream(stubs, batches, retried) for batches in per_stream))
+    assert retried.statuses == {}
+    acks.errors += retried.errors
+    acks.details += retried.details
+    await asyncio.to_thread(pg.start)
+    return acks
+
+
+async def test_postgres_crashed_twice_while_streams_send() -> None:
+    """A crash of PostgreSQL is an outage: every error a stream sees is UNAVAILABLE (never
+    INTERNAL: a mediation platform retries UNAVAILABLE and pages someone on INTERNAL), and
+    once PostgreSQL is back, retrying stores and counts every record exactly once. The
+    service runs in its own process, as in production."""
+    pg = await asyncio.to_thread(StoppablePostgres)
+    server = ServerProcess(
+        {"RATING_DATABASE_URL": pg.uri, "RATING_CLOCK": "test:2026-01-01T00:00:00Z"}
+    )
+    try:
+        port = await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stubs = Stubs(channel)
+            sims = await account_with_sims(stubs, 100, start=11_000)
+            per_stream = [
+                make_batches(f"c{s}", sims, CRASH_BATCHES_PER_STREAM, CRASH_BATCH_SIZE)
+                for s in range(CRASH_STREAMS)
+            ]
+            sent = {rec.record_id: rec for batches in per_stream for b in batches for rec in b}
+            rounds = [await crash_round(stubs, pg, per_stream) for _ in range(2)]
+            errors = [
+                (code.name, detail)
+                for acks in rounds
+                for code, detail in zip(acks.errors, acks.details, strict=True)
+            ]
+            print(f"PostgreSQL crashed twice: stream errors {errors}")
+            assert errors, "every stream finished before PostgreSQL crashed"
+            assert {code for code, _ in errors} == {"UNAVAILABLE"}, errors
+            stored = await stored_records(pg.uri)
+            assert_stored_as_sent(stored, sent)
+            for acks in rounds:
+                assert acks.with_status(RATED) <= stored.keys(), "RATED but not stored"
+
+            # Retrying everything succeeds, without a restart; nothing is lost or doubled.
+            again = await resend_all(stubs, per_stream)
+            assert again.statuses.keys() == sent.keys()
+            for record_id, status in again.statuses.items():
+                assert status == (DUPLICATE if record_id in stored else RATED), record_id
+            stored = await stored_records(pg.uri)
+            assert stored.keys() == sent.keys()
+            counters = await data_counters(stubs, sims)
+            assert counters == {s: stored_by_sim(stored).get(s, 0) for s in sims}
+    finally:
+        if server.proc is not None:
+            await server.stop()
         await asyncio.to_thread(pg.cleanup)

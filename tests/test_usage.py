@@ -4,6 +4,7 @@ rating rules and the running counters."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -187,6 +188,32 @@ async def test_batch_over_the_limit_is_refused(stubs: Stubs) -> None:
         await rate(stubs, *[record(f"x{i}", sim) for i in range(10_001)])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "records" in (err.value.details() or "")
+    assert await period_usage(stubs, sim) == {}
+
+
+async def test_streams_refused_while_the_client_still_sends_see_invalid_argument(
+    stubs: Stubs,
+) -> None:
+    """A bad batch fails its stream while the client is still sending the next ones (more
+    than flow control lets through): every caller sees INVALID_ARGUMENT, never the INTERNAL
+    a grpc client reports when its write fails before the status arrives."""
+    sim = (await account_with_sims(stubs, 1))[0]
+
+    async def refused(n: int) -> grpc.StatusCode:
+        async def batches() -> AsyncIterator[r.StreamUsageRequest]:
+            too_big = [record(f"s{n}-x{i}", sim) for i in range(10_001)]
+            yield r.StreamUsageRequest(batch_id="too-big", records=too_big)
+            for number in range(10):
+                batch = [record(f"s{n}-{number}-{i}", sim) for i in range(5_000)]
+                yield r.StreamUsageRequest(batch_id=f"b{number}", records=batch)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stubs.rating.StreamUsage(batches()):
+                pass
+        return err.value.code()
+
+    codes = await asyncio.gather(*(refused(n) for n in range(4)))
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 4
     assert await period_usage(stubs, sim) == {}
 
 

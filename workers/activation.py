@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import asyncpg
 import structlog
@@ -32,6 +33,10 @@ log = structlog.get_logger("activation")
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 _RETRY_AFTER = timedelta(seconds=5)
 _COMMIT_CHUNK = 10_000
+
+
+async def _update_sims(conn: asyncpg.Connection, *, sims: list[Sim]) -> None:
+    await repository.update_sims(conn, sims)
 
 
 class ActivationWorker:
@@ -84,6 +89,12 @@ class ActivationWorker:
             except StorageUnavailable as exc:
                 log.warning("activation deferred: database unavailable", error=str(exc))
                 await self._clock.wait_until(self._clock.now() + _RETRY_AFTER, asyncio.Event())
+            except Exception:
+                # Not an outage (a bug, a violated constraint): logged and counted; the SIMs
+                # stay due and are tried again later, the service keeps running.
+                self._metrics.internal_errors.labels("activation").inc()
+                log.exception("activation failed")
+                await self._clock.wait_until(self._clock.now() + _RETRY_AFTER, asyncio.Event())
 
     async def run_once(self, now: datetime) -> int:
         """Start billing for every SIM whose deadline is <= now; returns how many."""
@@ -100,8 +111,7 @@ class ActivationWorker:
             for offset in range(0, len(due), _COMMIT_CHUNK):
                 chunk = due[offset : offset + _COMMIT_CHUNK]
                 try:
-                    async with repository.transaction(self._pool) as conn:
-                        await repository.update_sims(conn, chunk)
+                    await repository.retried(self._pool, partial(_update_sims, sims=chunk))
                 except Exception:
                     for sim in due[offset:]:  # not committed: keep waiting, retry next run
                         assert sim.billing_started_at is not None

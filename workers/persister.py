@@ -4,9 +4,13 @@ Callers `submit` a batch and wait for its results. The worker takes whatever bat
 queued (up to a record bound), checks them against the cache, and commits all new records
 in ONE transaction (an id look-up, then one COPY), together with any billing start the
 records moved. Only after the commit does it count them in the cache and answer the
-callers, so an acknowledged record is always in PostgreSQL. If the commit fails, every
-caller of the group gets `StorageUnavailable` and nothing is counted: retrying is safe
-because record ids are idempotency keys.
+callers, so an acknowledged record is always in PostgreSQL. If the commit fails because
+PostgreSQL is unavailable, every caller of the group gets `StorageUnavailable` and nothing
+is counted: retrying is safe because record ids are idempotency keys. A serialization
+failure or deadlock reruns the transaction (`repository.retried`). Any other failure (a
+violated constraint, a bug) fails the group's callers with INTERNAL, is logged with its
+traceback and counted (`rating_internal_errors_total{operation="persister"}`); nothing of
+the group is stored or counted, and the persister goes on with the next group.
 
 Pipelining: a committed group is counted while the NEXT group is being written. Counting
 runs in chunks that yield to the event loop, so it proceeds while PostgreSQL looks up and
@@ -18,7 +22,8 @@ persister itself as soon as its queue is empty, so callers never wait for more t
 get their answers.
 
 A commit can also fail after COMMIT was sent (the server stopped or the connection broke
-before its answer arrived): then the group may be stored after all. Its new records are
+before its answer arrived; an error the server answers means a rollback): then the group
+may be stored after all. Its new records are
 kept "in doubt", and the next successful commit looks them up in its own transaction and
 counts those that are stored; otherwise a retry would answer them DUPLICATE while the
 counters never included them (until a restart rebuilt the cache).
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from service.domain.errors import Overloaded, ShuttingDown, StorageUnavailable
+from service.domain.errors import InternalFailure, Overloaded, ShuttingDown, StorageUnavailable
 from service.domain.model import Sim, UsageRecord, UsageType
 from service.ingestion.engine import UsageEngine
 from service.ingestion.records import (
@@ -225,6 +230,11 @@ class Persister:
             except StorageUnavailable as exc:
                 self._fail(group, exc)
                 return
+            except Exception as exc:
+                # Not an outage (a violated constraint, a bug): this group's callers get
+                # INTERNAL; the persister goes on with the next group.
+                self._fail_internal(group, exc)
+                return
             finally:
                 if counting is not None and not counting.done():
                     counting.cancel()  # what is left is counted by the next one to enter
@@ -287,32 +297,33 @@ class Persister:
         `counting` (the previous group's) must end before billing starts are decided."""
         new: list[Candidate] = []
         committing = False
+
+        async def write(conn: asyncpg.Connection) -> tuple[set[str], dict[str, Sim]]:
+            nonlocal new, committing
+            committing = False
+            # Before the insert: a record stored by an in-doubt commit is not new now.
+            recovered = await self._recover_in_doubt(conn)
+            # Before the insert too: a closed id is counted only if stored BEFORE the group.
+            counted_closed = await repository.known_record_ids(conn, closed) if closed else set()
+            inserted = await repository.insert_usage(conn, list(first.values())) if first else []
+            new = recovered + inserted if recovered else inserted
+            if counting is not None:
+                await counting
+            moved = self._engine.plan_starts(new)
+            if moved:
+                await repository.update_sims(conn, moved.values())
+            committing = True  # leaving the transaction sends COMMIT
+            return counted_closed, moved
+
         try:
-            async with repository.transaction(self._pool) as conn:
-                # Before the insert: a record stored by an in-doubt commit is not new now.
-                recovered = await self._recover_in_doubt(conn)
-                # Before the insert too: a closed id is counted only if stored BEFORE the group.
-                counted_closed = (
-                    await repository.known_record_ids(conn, closed) if closed else set()
-                )
-                inserted = (
-                    await repository.insert_usage(conn, list(first.values())) if first else []
-                )
-                new = recovered + inserted if recovered else inserted
-                if counting is not None:
-                    await counting
-                moved = self._engine.plan_starts(new)
-                if moved:
-                    await repository.update_sims(conn, moved.values())
-                committing = True  # leaving this block sends COMMIT
-        except (asyncpg.PostgresError, StorageUnavailable) as exc:
+            counted_closed, moved = await repository.retried(self._pool, write)
+        except StorageUnavailable:
+            # Only a lost connection leaves the outcome of a COMMIT unknown; any error the
+            # server answered means the transaction was rolled back.
             if committing:
                 self._in_doubt.update((c.record_id, c) for c in new)
                 log.warning("group commit outcome unknown; records kept in doubt", records=len(new))
-            if isinstance(exc, StorageUnavailable):
-                raise
-            log.error("group commit failed", error=repr(exc))
-            raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
+            raise
         self._in_doubt.clear()  # each one is now counted, or known not to be stored
         return new, counted_closed, moved
 
@@ -330,6 +341,16 @@ class Persister:
         for submission in group:
             if not submission.future.done():
                 submission.future.set_exception(StorageUnavailable(str(exc)))
+
+    def _fail_internal(self, group: list[Submission], exc: Exception) -> None:
+        self._metrics.persist_failures.inc()
+        self._metrics.internal_errors.labels("persister").inc()
+        log.error("group commit failed; nothing acknowledged", batches=len(group), exc_info=exc)
+        for submission in group:
+            if not submission.future.done():
+                submission.future.set_exception(
+                    InternalFailure(f"storing usage failed: {exc.__class__.__name__}")
+                )
 
     @staticmethod
     def _answers(

@@ -1,8 +1,10 @@
 """One server interceptor for every RPC: caller authentication, metrics, the canonical log
 line, error mapping.
 
-Domain errors become status codes from the single table below; anything unexpected is
-logged with its traceback and answered INTERNAL, so no caller ever sees UNKNOWN.
+Domain errors become status codes from the single table below; anything unexpected (a
+bug, a database error other than an outage) is logged with its traceback, counted in
+`rating_internal_errors_total{operation=<method>}` and answered INTERNAL, so no caller
+ever sees UNKNOWN.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[errors.RatingError], grpc.StatusCode], ...] =
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.StorageUnavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (errors.InternalFailure, grpc.StatusCode.INTERNAL),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
@@ -91,11 +94,14 @@ async def _fail(call: _Call, context: grpc.aio.ServicerContext, exc: BaseExcepti
     if isinstance(exc, errors.RatingError):
         code = status_for(exc)
         message = _bounded(str(exc))
+        if code == grpc.StatusCode.INTERNAL:  # logged with its traceback where it happened
+            call.metrics.internal_errors.labels(call.method).inc()
         call.finish(code, error=message)
         await context.abort(code, message)
     if isinstance(exc, NotImplementedError):  # the generated base servicer's default
         call.finish(grpc.StatusCode.UNIMPLEMENTED)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+    call.metrics.internal_errors.labels(call.method).inc()
     call.finish(grpc.StatusCode.INTERNAL, error=repr(exc), exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
 

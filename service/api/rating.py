@@ -25,6 +25,8 @@ MAX_RECORDS_PER_BATCH = 10_000
 # Batches of one stream in flight (read ahead, not yet acknowledged).
 STREAM_WINDOW = 16
 SHUTTING_DOWN = "the service is stopping; resend the batches not acknowledged"
+# At most this long a failing stream keeps reading what the client still sends (see _drain).
+STREAM_DRAIN_S = 2.0
 
 
 def _checked_records(
@@ -118,6 +120,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         in_flight: asyncio.Queue[
             tuple[str, asyncio.Future[list[RecordResult]]] | ShuttingDown | None
         ] = asyncio.Queue(STREAM_WINDOW)
+        ending = False  # the stream ends with an error: the reader discards what still comes
 
         async def read() -> None:
             batches = aiter(request_iterator)
@@ -128,12 +131,15 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
                     received = asyncio.ensure_future(anext(batches))
                     await asyncio.wait({received, stopping}, return_when=asyncio.FIRST_COMPLETED)
                     if not received.done():  # stopping, and no batch arrived meanwhile
-                        await in_flight.put(ShuttingDown(SHUTTING_DOWN))
+                        if not ending:
+                            await in_flight.put(ShuttingDown(SHUTTING_DOWN))
                         return
                     try:
                         batch = received.result()
                     except StopAsyncIteration:
                         break
+                    if ending:
+                        continue
                     records = _checked_records(batch.records)
                     submitted = asyncio.ensure_future(self._usage.submit(records, wait=True))
                     try:
@@ -165,9 +171,42 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
                 ack = pb.StreamUsageResponse(batch_id=batch_id)
                 convert.add_results(ack.results, await submitted)
                 yield ack
+        except Exception:
+            ending = True
+            _cancel_queued(in_flight)  # also unblocks a reader waiting for room
+            await _drain(reader, request_iterator)
+            raise
         finally:
             reader.cancel()
-            while not in_flight.empty():
-                item = in_flight.get_nowait()
-                if isinstance(item, tuple):
-                    item[1].cancel()
+            _cancel_queued(in_flight)
+
+
+def _cancel_queued(
+    in_flight: asyncio.Queue[tuple[str, asyncio.Future[list[RecordResult]]] | ShuttingDown | None],
+) -> None:
+    while not in_flight.empty():
+        item = in_flight.get_nowait()
+        if isinstance(item, tuple):
+            item[1].cancel()
+
+
+async def _drain(
+    reader: asyncio.Task[None], request_iterator: AsyncIterator[pb.StreamUsageRequest]
+) -> None:
+    """Read (and discard) what the client still sends, until it half-closes or
+    STREAM_DRAIN_S pass, before the stream ends with an error.
+
+    A status sent while the client is still writing makes the server reset the stream; the
+    client's write in progress then fails, and grpc clients report that failure as INTERNAL
+    ("Internal error from Core") when it comes before the status: the caller would see
+    INTERNAL instead of the real code (UNAVAILABLE during an outage).
+    """
+    try:
+        async with asyncio.timeout(STREAM_DRAIN_S):
+            if not reader.done():
+                await asyncio.wait({reader})  # it discards what comes (`ending`)
+            else:  # it stopped (a bad batch, shutdown): read on here until the client ends
+                async for _ in request_iterator:
+                    pass
+    except TimeoutError:
+        pass  # a client that keeps sending: end the stream anyway

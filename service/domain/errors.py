@@ -6,8 +6,18 @@ RatingError
 ├── AlreadyExists        same id, different immutable content      -> ALREADY_EXISTS
 ├── FailedPrecondition   a rule forbids it in the current state    -> FAILED_PRECONDITION
 ├── Overloaded           a bounded queue or limit is full          -> RESOURCE_EXHAUSTED
-├── StorageUnavailable   PostgreSQL cannot be reached              -> UNAVAILABLE
-└── ShuttingDown         the service is stopping                   -> UNAVAILABLE
+├── StorageUnavailable   PostgreSQL cannot be reached or serve now -> UNAVAILABLE
+├── ShuttingDown         the service is stopping                   -> UNAVAILABLE
+└── InternalFailure      a failure reported where it happened      -> INTERNAL
+
+
+Database failures: only those `repository.is_unavailable` names (SQLSTATE classes 08 and
+53, 57P0x, a lost or refused connection, a timeout) are `StorageUnavailable`. A
+serialization failure or deadlock (40001, 40P01) reruns the transaction a few times
+(`repository.retried`) and is an ordinary failure after that. Any other database error (a
+violated constraint, a data error) is a bug: the caller gets INTERNAL, never UNAVAILABLE
+(which it would retry forever), and the service logs it with its traceback and counts it
+in `rating_internal_errors_total{operation}`. Any unexpected exception is INTERNAL too.
 """
 
 from __future__ import annotations
@@ -48,6 +58,11 @@ class StorageUnavailable(RatingError):
 
 class ShuttingDown(RatingError):
     """The service is stopping; resend what was not acknowledged (ids make that safe)."""
+
+
+class InternalFailure(RatingError):
+    """Something failed that is not the caller's doing nor an outage (a bug, a violated
+    constraint); it was logged with its traceback and counted where it happened."""
 
 
 class Unauthenticated(RatingError):

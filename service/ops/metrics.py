@@ -74,6 +74,13 @@ class Metrics:
         self.grpc_caller_calls = Counter(
             "rating_rpc_calls_total", "RPCs by authenticated caller name.", ("caller",), registry=r
         )
+        self.internal_errors = Counter(
+            "rating_internal_errors",
+            "Unexpected failures (bugs, violated database constraints), by operation: an RPC"
+            " method answered INTERNAL, or a worker (persister, activation).",
+            ("operation",),
+            registry=r,
+        )
         # Usage ingestion.
         self.usage_records = Counter(
             "rating_usage_records", "Usage records answered, by status.", ("status",), registry=r

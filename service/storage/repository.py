@@ -1,20 +1,27 @@
 """All SQL of the service. Database failures become domain errors here.
 
-Connection-level failures (SQLSTATE classes 08 and 57P, refused sockets, closed
-connections, timeouts, a connection left broken) become `StorageUnavailable`; a unique
-violation becomes the domain error the caller names.
+`is_unavailable` is the one classification of database failures: the server cannot be
+reached or cannot serve now (SQLSTATE classes 08 and 53, 57P0x, a lost or refused
+connection, a timeout) -> `StorageUnavailable` (UNAVAILABLE, retrying is safe).
+`is_conflict`: a serialization failure (40001) or deadlock (40P01) -> `retried` runs the
+transaction again, a bounded number of times. Anything else (a violated constraint, a
+data error: a bug) is not translated: it reaches the caller as INTERNAL, logged with its
+traceback and counted. A unique violation the caller can cause is handled where it can
+occur (ON CONFLICT), never by catching it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
+import structlog
 
 from service.domain.errors import StorageUnavailable
 from service.domain.model import (
@@ -27,27 +34,59 @@ from service.domain.model import (
 )
 from service.storage import invoice_codec, plan_codec
 
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
-    asyncpg.CannotConnectNowError,  # 57P03
-    asyncpg.AdminShutdownError,  # 57P01
-    asyncpg.CrashShutdownError,  # 57P02
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,  # the client's "connection is closed"
+log = structlog.get_logger("repository")
+
+T = TypeVar("T")
+
+# SQLSTATEs of a server that cannot serve now: connection exception (class 08), insufficient
+# resources (class 53: disk full, out of memory, too many connections), and 57P01..57P05
+# (admin shutdown, crash shutdown, cannot connect now, database dropped, idle session
+# timeout).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53")
+UNAVAILABLE_SQLSTATE_PREFIX = "57P0"
+# A transaction that lost a race with another one; running it again succeeds.
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+CONFLICT_ATTEMPTS = 5  # runs of one transaction in all, before its conflict is raised
+
+_LOST_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable: ConnectionError is one
+    TimeoutError,  # connecting, acquiring from the pool, a command past its timeout
     # The client's protocol state after the server vanished mid-operation: seen when the
     # pool resets a connection whose COMMIT was cut by a server shutdown.
     asyncpg.InternalClientError,
 )
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True if `exc` means PostgreSQL cannot be reached or cannot serve now (retry later);
+    False for any other failure, which is a bug to report (INTERNAL)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        return sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES or sqlstate.startswith(
+            UNAVAILABLE_SQLSTATE_PREFIX
+        )
+    if isinstance(exc, asyncpg.InterfaceError):
+        # The client refuses to use a closed connection or a closing pool; its other
+        # InterfaceErrors (DataError: an argument it cannot encode, an operation already in
+        # progress) are bugs.
+        return "closed" in str(exc) or "closing" in str(exc)
+    return isinstance(exc, _LOST_CONNECTION_ERRORS)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for a serialization failure or a deadlock: the transaction may simply rerun."""
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in CONFLICT_SQLSTATES
+
+
 @asynccontextmanager
 async def storage_errors() -> AsyncIterator[None]:
+    """Raise `StorageUnavailable` for the failures `is_unavailable` names; others pass."""
     try:
         yield
-    except UNAVAILABLE_ERRORS as exc:
-        raise StorageUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise StorageUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+        raise
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -89,6 +128,64 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """One connection in one transaction, with connection failures mapped."""
     async with storage_errors(), pool.acquire() as conn, conn.transaction():
         yield conn
+
+
+async def retried(
+    pool: asyncpg.Pool,
+    body: Callable[[asyncpg.Connection], Awaitable[T]],
+    *,
+    attempts: int = CONFLICT_ATTEMPTS,
+) -> T:
+    """`body` in one `transaction`, run again (from the start, in a new transaction) when
+    it fails with a serialization failure or a deadlock, at most `attempts` times in all.
+    `body` must have no effect outside the transaction until it returns."""
+    for attempt in range(1, attempts + 1):
+        try:
+            async with transaction(pool) as conn:
+                return await body(conn)
+        except asyncpg.PostgresError as exc:
+            if not is_conflict(exc) or attempt == attempts:
+                raise
+            log.warning(
+                "transaction conflict; running it again",
+                sqlstate=exc.sqlstate,
+                error=exc.__class__.__name__,
+                attempt=attempt,
+            )
+    raise AssertionError("unreachable")  # the last attempt returned or raised
+
+
+async def copy_records(
+    conn: asyncpg.Connection, table: str, records: Iterable[Any], columns: Sequence[str]
+) -> None:
+    """COPY `records` into `table`, failing with ConnectionDoesNotExistError as soon as the
+    connection is lost.
+
+    asyncpg's COPY waits for the socket to accept more data whenever its buffer is full; if
+    the connection breaks then (the server crashed in the middle of a large COPY), nothing
+    wakes it and it waits forever: a stream would never get its answer, and the task doing
+    the COPY could not even be stopped. The termination listener notices the loss.
+    """
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_lost(_: object) -> None:
+        if not lost.done():
+            lost.set_result(None)
+
+    conn.add_termination_listener(on_lost)
+    copy = asyncio.ensure_future(
+        conn.copy_records_to_table(table, records=records, columns=columns)
+    )
+    try:
+        await asyncio.wait({copy, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if not copy.done():
+            raise asyncpg.ConnectionDoesNotExistError(f"connection lost during COPY to {table}")
+        copy.result()
+    finally:
+        conn.remove_termination_listener(on_lost)
+        if not copy.done():
+            copy.cancel()  # it stops at once; what it raises then is of no interest
+            copy.add_done_callback(lambda task: task.cancelled() or task.exception())
 
 
 # --- catalog -------------------------------------------------------------------------------
@@ -210,7 +307,7 @@ async def fetch_sims(conn: asyncpg.Connection, iccids: Sequence[str]) -> dict[st
 
 async def insert_sims(conn: asyncpg.Connection, sims: Sequence[Sim]) -> None:
     """Bulk insert with COPY: one round trip for up to 10,000 SIMs."""
-    await conn.copy_records_to_table("sims", records=map(_sim_row, sims), columns=_SIM_COLUMNS)
+    await copy_records(conn, "sims", map(_sim_row, sims), _SIM_COLUMNS)
 
 
 async def update_sims(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
@@ -277,7 +374,7 @@ async def insert_usage(conn: asyncpg.Connection, candidates: list[Row]) -> list[
     seen = await known_record_ids(conn, [c.record_id for c in candidates])
     rows = [c for c in candidates if c.record_id not in seen] if seen else candidates
     if rows:
-        await conn.copy_records_to_table("usage_records", records=rows, columns=USAGE_COLUMNS)
+        await copy_records(conn, "usage_records", rows, USAGE_COLUMNS)
     return rows
 
 

@@ -117,6 +117,8 @@ class Billing:
                 )
                 raise
             except Exception:
+                # Not an outage (a bug, a violated constraint): the RPC answers INTERNAL;
+                # the worker counts it and retries later.
                 self._metrics.settlements.labels("failed").inc()
                 log.exception(
                     "settlement failed", account_id=account.account_id, period=period.name
@@ -177,11 +179,9 @@ class Billing:
         self, account: Account, period: Period, now: datetime
     ) -> tuple[Invoice, bool]:
         computed = self._compute(account, period, final=True, settled_at=now)
-        try:
-            async with repository.transaction(self._pool) as conn:
-                return await repository.insert_invoice(conn, computed)
-        except asyncpg.PostgresError as exc:
-            raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
+        return await repository.retried(
+            self._pool, lambda conn: repository.insert_invoice(conn, computed)
+        )
 
     async def _stored(self, account_id: str, period_name: str) -> Invoice:
         async with repository.storage_errors(), self._pool.acquire() as conn:

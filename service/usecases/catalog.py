@@ -28,9 +28,10 @@ class Catalog:
         async with self._state_lock:
             existing = self._cache.plans.get(plan.plan_id)
             if existing is None:
-                async with repository.transaction(self._pool) as conn:
-                    # Not None only if an earlier call committed but its answer was lost.
-                    existing = await repository.insert_plan(conn, plan, self._clock.now())
+                # Not None only if an earlier call committed but its answer was lost.
+                existing = await repository.retried(
+                    self._pool, lambda conn: repository.insert_plan(conn, plan, self._clock.now())
+                )
                 self._cache.put_plan(existing or plan)
                 if existing is None:
                     return True
@@ -51,7 +52,8 @@ class Catalog:
                         raise FailedPrecondition(
                             f"account.{name} cannot change once the account has SIMs"
                         )
-            async with repository.transaction(self._pool) as conn:
-                await repository.upsert_account(conn, account, self._clock.now())
+            await repository.retried(
+                self._pool, lambda conn: repository.upsert_account(conn, account, self._clock.now())
+            )
             self._cache.put_account(account)
             return existing is None

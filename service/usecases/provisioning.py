@@ -104,11 +104,17 @@ class Provisioning:
         whose answer was lost (they are not inserted again)."""
         doubtful = [sim.iccid for sim in sims if sim.iccid in self._in_doubt]
         committing = False
+
+        async def insert(conn: asyncpg.Connection) -> dict[str, Sim]:
+            nonlocal committing
+            committing = False
+            stored = await repository.fetch_sims(conn, doubtful) if doubtful else {}
+            await repository.insert_sims(conn, [s for s in sims if s.iccid not in stored])
+            committing = True  # leaving the transaction sends COMMIT
+            return stored
+
         try:
-            async with repository.transaction(self._pool) as conn:
-                stored = await repository.fetch_sims(conn, doubtful) if doubtful else {}
-                await repository.insert_sims(conn, [s for s in sims if s.iccid not in stored])
-                committing = True  # leaving this block sends COMMIT
+            stored = await repository.retried(self._pool, insert)
         except StorageUnavailable:
             if committing:
                 self._in_doubt.update(sim.iccid for sim in sims)
@@ -216,8 +222,9 @@ class Provisioning:
             changed = change(sim)
             if changed is sim:
                 return sim
-            async with repository.transaction(self._pool) as conn:
-                await repository.update_sims(conn, [changed])
+            await repository.retried(
+                self._pool, lambda conn: repository.update_sims(conn, [changed])
+            )
             self._publish([changed])
             return changed
 

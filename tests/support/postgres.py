@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Run in a child interpreter: as root, pgserver runs pg_ctl with subprocess.run(user=...),
@@ -17,12 +18,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 _PGSERVER = """
 import sys, pgserver
 from pathlib import Path
+from typing import Literal
 action, pgdata = sys.argv[1], Path(sys.argv[2])
 server = pgserver.get_server(pgdata, cleanup_mode=None)  # inits and starts it if needed
 if action == "start":
     (pgdata.parent / "uri").write_text(server.get_uri())
-elif action == "stop":  # fast: roll back open transactions, disconnect every client
-    pgserver.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=server.system_user)
+elif action in ("fast", "immediate"):
+    # fast: roll back open transactions, disconnect every client, shut down cleanly.
+    # immediate: kill every server process at once, no checkpoint (a crash: the next start
+    # runs crash recovery).
+    pgserver.pg_ctl(["-w", "stop", "-m", action], pgdata=pgdata, user=server.system_user)
 elif action == "delete":
     server.cleanup_mode = "delete"
     server.cleanup()
@@ -55,8 +60,8 @@ class StoppablePostgres:
     def start(self) -> None:
         self._run("start")
 
-    def stop(self) -> None:
-        self._run("stop")
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        self._run(mode)
 
     def cleanup(self) -> None:
         self._run("delete")
