@@ -36,6 +36,21 @@ async def test_health_is_serving_once_started(app_stubs: tuple[Application, Stub
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_health_watch_streams_serving_then_not_serving_at_stop(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    app, stubs = app_stubs
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="rating.v1.RatingService"))
+    first = await asyncio.wait_for(watch.read(), 10)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    stopping = asyncio.ensure_future(app.stop())
+    second = await asyncio.wait_for(watch.read(), 10)
+    assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()
+    await asyncio.wait_for(stopping, 30)
+
+
 async def test_reflection_lists_the_five_services(stubs: Stubs) -> None:
     reflect = reflection_pb2_grpc.ServerReflectionStub(stubs.channel)
     call = reflect.ServerReflectionInfo()

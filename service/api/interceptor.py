@@ -10,6 +10,7 @@ ever sees UNKNOWN.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -171,6 +172,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, grpc_type: str) -> Any:
+        if not inspect.isasyncgenfunction(behavior):
+            # A handler that writes its responses with context.write() and returns (the
+            # health servicer's Watch) rather than yielding them.
+            return self._wrap_writing_stream(behavior, method, grpc_type)
         metrics, auth = self._metrics, self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -190,5 +195,25 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             except Exception as exc:
                 await _fail(call, context, exc)
             call.finish(_code_of(context), messages=messages)
+
+        return wrapper
+
+    def _wrap_writing_stream(self, behavior: Any, method: str, grpc_type: str) -> Any:
+        metrics, auth = self._metrics, self._auth
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> None:
+            call = _Call(metrics, method, grpc_type)
+            try:
+                call.authenticate(auth, context)
+                await behavior(request, context)
+            except asyncio.CancelledError:
+                call.finish(grpc.StatusCode.CANCELLED)
+                raise
+            except grpc.aio.AbortError:
+                call.finish(_code_of(context))
+                raise
+            except Exception as exc:
+                await _fail(call, context, exc)
+            call.finish(_code_of(context))
 
         return wrapper
