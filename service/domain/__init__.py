@@ -1,4 +1,4 @@
-"""Pure domain rules: money, periods, rating, activation, settlement.
+"""Pure domain rules: money, periods, pricing, activation, settlement.
 
 Nothing here imports grpc, asyncpg or asyncio: plain typed functions over the frozen
 dataclasses of `model`.

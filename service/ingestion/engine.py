@@ -41,7 +41,7 @@ from service.domain.model import (
     UsageType,
 )
 from service.domain.periods import next_period, period_containing
-from service.domain.rating import estimate_charge, rated_quantity
+from service.domain.pricing import estimate_charge, rated_quantity
 from service.ingestion.records import (
     RATED,
     Candidate,

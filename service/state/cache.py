@@ -24,7 +24,7 @@ from service.domain.model import (
     UsageRate,
     UsageType,
 )
-from service.domain.rating import allowance
+from service.domain.pricing import allowance
 
 
 @dataclass(slots=True)
@@ -139,7 +139,7 @@ class StateCache:
     def allowance_position(self, sim: Sim, rate: UsageRate, period: str) -> tuple[int, int]:
         """(charged rated quantity so far, allowance) a new record of the SIM is priced at:
         the SIM's own usage, or for a pooled rate the account's usage on the plan, against
-        `domain.rating.allowance`."""
+        `domain.pricing.allowance`."""
         if rate.pooled:
             key = (sim.account_id, sim.plan_id)
             used = self.pool_used.get((*key, period, rate.usage_type), 0)

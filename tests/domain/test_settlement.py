@@ -28,7 +28,7 @@ from service.domain.model import (
 )
 from service.domain.money import minor_unit_micros, round_line
 from service.domain.periods import period_named
-from service.domain.rating import rated_quantity
+from service.domain.pricing import rated_quantity
 from service.domain.settlement import commitment_step_for, compute_invoice
 from tests.support.builders import (
     EUR,

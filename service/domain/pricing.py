@@ -1,4 +1,4 @@
-"""Rating of single records: rated quantity, marginal price and the estimated charge.
+"""Pricing of single records: rated quantity, allowance, marginal price and the estimated charge.
 
 Estimates answer "what would this cost now" for AuthorizeSession and RecordResult; they are
 informative only. The invoice is computed by `settlement`, which prices the period's whole

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from service.domain.model import Tier
 from service.domain.money import price_through_tiers, round_half_up
-from service.domain.rating import estimate_charge, marginal_price, rated_quantity
+from service.domain.pricing import estimate_charge, marginal_price, rated_quantity
 from tests.support.builders import MIB, PROPERTY, data_rate
 
 
