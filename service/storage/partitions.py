@@ -115,3 +115,41 @@ class UsagePartitions:
                 f"cannot create usage partitions: {exc.__class__.__name__}"
             ) from exc
         self._read_at = time.monotonic()
+
+
+async def partition_tables(conn: asyncpg.Connection) -> dict[str, str]:
+    """Every partition table by period: "attached", "detaching" (a DETACH ... CONCURRENTLY
+    that did not finish) or "detached" (left by an archive run that stopped before DROP)."""
+    rows = await conn.fetch(
+        """SELECT c.relname, i.inhdetachpending
+           FROM pg_class c LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+           WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace
+             AND c.relname LIKE 'usage\\_records\\_p%'"""
+    )
+    tables: dict[str, str] = {}
+    for name, pending in rows:
+        period = period_of(name)
+        if period is not None:
+            state = "detached" if pending is None else "detaching" if pending else "attached"
+            tables[period] = state
+    return tables
+
+
+async def detach_partition(conn: asyncpg.Connection, period: str, state: str) -> None:
+    """Detach a period's partition without blocking the group commits (CONCURRENTLY takes
+    a SHARE UPDATE EXCLUSIVE lock only); finish one whose detach was interrupted. Outside
+    any transaction, as CONCURRENTLY requires."""
+    name = partition_name(period)
+    if state == "attached":
+        await conn.execute(f"ALTER TABLE {PARENT} DETACH PARTITION {name} CONCURRENTLY")
+    elif state == "detaching":
+        await conn.execute(f"ALTER TABLE {PARENT} DETACH PARTITION {name} FINALIZE")
+
+
+async def attach_partition(conn: asyncpg.Connection, period: str) -> None:
+    name = partition_name(period)
+    await conn.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES IN ('{period}')")
+
+
+async def drop_detached(conn: asyncpg.Connection, period: str) -> None:
+    await conn.execute(f"DROP TABLE IF EXISTS {partition_name(period)}")
