@@ -26,6 +26,7 @@ MODULES = (
     "bench.activation",
     "bench.settlement",
     "bench.soak",
+    "bench.history",
 )
 
 # Unit of the figures the report compares with the baselines below.

@@ -57,6 +57,7 @@ from service.ops.clock import Clock
 from service.ops.metrics import Metrics
 from service.state.lock import StateLock
 from service.storage import repository
+from service.storage.partitions import UsagePartitions
 
 log = structlog.get_logger("persister")
 
@@ -115,6 +116,7 @@ class Persister:
         # New records of commits whose outcome is unknown, by record id (see module doc).
         self._in_doubt: dict[str, Candidate] = {}
         self._pending: Committed | None = None  # committed, not fully counted yet
+        self._partitions = UsagePartitions()
 
     @property
     def uncounted(self) -> int:
@@ -226,6 +228,8 @@ class Persister:
                 else None
             )
             try:
+                # Its own short transaction, before the group's: a new period's partition.
+                await self._partitions.ensure(self._pool, first.values())
                 new, counted_closed, moved = await self._write(first, closed, counting)
             except StorageUnavailable as exc:
                 self._fail(group, exc)
@@ -330,7 +334,7 @@ class Persister:
     async def _recover_in_doubt(self, conn: asyncpg.Connection) -> list[Candidate]:
         if not self._in_doubt:
             return []
-        stored = await repository.known_record_ids(conn, list(self._in_doubt))
+        stored = await repository.stored_record_ids(conn, list(self._in_doubt.values()))
         if stored:
             log.warning("counting records of a commit whose answer was lost", records=len(stored))
         return [c for record_id, c in self._in_doubt.items() if record_id in stored]

@@ -27,6 +27,11 @@ _SETTINGS: tuple[tuple[str, str | None, str], ...] = (
     ("RATING_API_KEYS_FILE", None, "JSON file of API key hashes and roles (unset: open)"),
     ("RATING_MAX_MESSAGE_BYTES", "8388608", "largest request message accepted"),
     ("RATING_MAX_STREAMS", "1000", "concurrent StreamUsage streams accepted"),
+    (
+        "RATING_RETENTION_PERIODS",
+        "3",
+        "periods before the current one whose usage records the archive keeps",
+    ),
 )
 
 
@@ -46,6 +51,7 @@ class Settings:
     api_keys_file: Path | None = None
     max_message_bytes: int = 8 * 1024 * 1024
     max_streams: int = 1000
+    retention_periods: int = 3
     # Tuning, not in the environment: bounds that give backpressure.
     persist_queue_batches: int = 64
     persist_max_records_per_commit: int = 20_000
@@ -89,6 +95,7 @@ class Settings:
             api_keys_file=_path(raw, "RATING_API_KEYS_FILE"),
             max_message_bytes=_non_negative_int(raw, "RATING_MAX_MESSAGE_BYTES") or 1,
             max_streams=_non_negative_int(raw, "RATING_MAX_STREAMS"),
+            retention_periods=parse_retention_periods(raw["RATING_RETENTION_PERIODS"]),
         )
 
 
@@ -100,6 +107,11 @@ def _non_negative_int(raw: Mapping[str, str], name: str) -> int:
     if value < 0:
         raise InvalidArgument(name, "must be >= 0")
     return value
+
+
+def parse_retention_periods(value: str) -> int:
+    """RATING_RETENTION_PERIODS: a non-negative integer (the archive command reads it too)."""
+    return _non_negative_int({"RATING_RETENTION_PERIODS": value}, "RATING_RETENTION_PERIODS")
 
 
 def _path(raw: Mapping[str, str | None], name: str) -> Path | None:

@@ -42,8 +42,9 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply the migrations not yet applied; return their names."""
+async def migrate(conn: asyncpg.Connection, *, until: int | None = None) -> list[str]:
+    """Apply the migrations not yet applied (those up to version `until` if given: tests
+    build a database of an older schema); return their names."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
     try:
@@ -55,7 +56,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         )
         done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
         for migration in migrations():
-            if migration.version in done:
+            if migration.version in done or (until is not None and migration.version > until):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)

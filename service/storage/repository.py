@@ -18,6 +18,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -356,30 +357,60 @@ class UsageRow(Protocol):
     @property
     def record_id(self) -> str: ...
 
+    @property
+    def period(self) -> str: ...
+
     def __iter__(self) -> Iterator[Any]: ...
 
 
 Row = TypeVar("Row", bound=UsageRow)
+_period, _record_id = attrgetter("period"), attrgetter("record_id")
 
 
 async def insert_usage(conn: asyncpg.Connection, candidates: list[Row]) -> list[Row]:
-    """Insert the rows whose id is new and return them, in order.
+    """Insert the rows whose id is new in their period and return them, in order.
 
     `candidates` have distinct ids. The ids already stored are looked up first and the rest
     go in with one COPY: cheaper than INSERT ... ON CONFLICT for the large groups the
     persister commits. The persister is the only writer of usage_records, so nothing can
     slip in between; if something did, the COPY's unique violation fails the whole
-    transaction.
+    transaction. The partitions of the rows' periods must exist (UsagePartitions.ensure).
     """
-    seen = await known_record_ids(conn, [c.record_id for c in candidates])
+    seen = await stored_record_ids(conn, candidates)
     rows = [c for c in candidates if c.record_id not in seen] if seen else candidates
     if rows:
         await copy_records(conn, "usage_records", rows, USAGE_COLUMNS)
     return rows
 
 
+async def stored_record_ids(conn: asyncpg.Connection, rows: Sequence[UsageRow]) -> set[str]:
+    """The ids of `rows` that are stored in the row's own period: the idempotency horizon
+    of a record is its period (docs/storage.md). One query per period, each pruned to that
+    period's partition, so the look-up never touches the indexes of other periods."""
+    periods = set(map(_period, rows))
+    by_period: dict[str, list[str]]
+    if len(periods) == 1:  # the usual group: one look-up, no grouping
+        by_period = {periods.pop(): list(map(_record_id, rows))}
+    else:
+        by_period = {period: [] for period in periods}
+        for row in rows:
+            by_period[row.period].append(row.record_id)
+    seen: set[str] = set()
+    for period, record_ids in by_period.items():
+        found = await conn.fetch(
+            "SELECT record_id FROM usage_records WHERE period = $1"
+            " AND record_id = ANY(string_to_array($2::text, E'\\n'))",
+            period,
+            "\n".join(record_ids),
+        )
+        seen.update(row[0] for row in found)
+    return seen
+
+
 async def known_record_ids(conn: asyncpg.Connection, record_ids: Sequence[str]) -> set[str]:
-    """The ids of `record_ids` that are stored.
+    """The ids of `record_ids` that are stored in any period still in PostgreSQL (every
+    partition's index is probed): for records refused before a period is known to them
+    (PERIOD_CLOSED, AFTER_TERMINATION), which are answered DUPLICATE when their id is known.
 
     The ids travel as one text, newline-separated, split by the server: record ids are
     printable (a newline never occurs in one), and one text is far cheaper to encode than

@@ -66,3 +66,20 @@ async def simrating(
 def read_rejects(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as source:
         return list(csv.DictReader(source))
+
+
+async def archive_command(*args: str, deadline_s: float = 120) -> Run:
+    """`python -m service.cli.archive ARGS...` as a child process."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.cli.archive",
+        *args,
+        cwd=REPO,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), deadline_s)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())

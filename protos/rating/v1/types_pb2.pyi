@@ -534,7 +534,7 @@ class UsageRecord(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     record_id: _builtins.str
-    """Idempotency key, forever. 1..128 characters."""
+    """Idempotency key within the record's period (docs/storage.md). 1..128 characters."""
     iccid: _builtins.str
     usage_type: Global___UsageType.ValueType
     quantity: _builtins.int

@@ -97,7 +97,7 @@ async def resolve_in_doubt(fuzzer: Fuzzer, app: Application) -> None:
     """Send the records in doubt again, in the order they were first sent."""
     rate_usage = next(m for m in every_method() if m.name == "RateUsage")
     doubt = fuzzer.model.in_doubt
-    stored = await stored_in_doubt(app, doubt, fuzzer.model.rated_ids)
+    stored = await stored_in_doubt(app, doubt, fuzzer.model)
     for records in retry_batches(doubt):
         request = r.RateUsageRequest(records=records)
         answer = await fuzzer.call(rate_usage, request)
@@ -106,28 +106,32 @@ async def resolve_in_doubt(fuzzer: Fuzzer, app: Application) -> None:
 
 
 async def stored_in_doubt(
-    app: Application, doubt: list[t.UsageRecord], counted: set[str]
-) -> dict[str, t.UsageRecord]:
-    """Of the records in doubt whose id is not `counted` (answered RATED), the one stored
-    with each id stored now: read from PostgreSQL, as no answer tells which of several
-    records sent with an id a failed stream stored. Each must be one of those records."""
-    sent: dict[str, list[t.UsageRecord]] = defaultdict(list)
+    app: Application, doubt: list[t.UsageRecord], model: Model
+) -> dict[tuple[str, str], t.UsageRecord]:
+    """Of the records in doubt whose key (id, period) is not counted (answered RATED), the
+    one stored with each key stored now: read from PostgreSQL, as no answer tells which of
+    several records sent with an id a failed stream stored. Each must be one of those."""
+    sent: dict[tuple[str, str], list[t.UsageRecord]] = defaultdict(list)
     for record in doubt:
+        key = model.key(record)
         # An id with a NUL is never stored (PostgreSQL text cannot hold it).
-        if record.record_id not in counted and "\x00" not in record.record_id:
-            sent[record.record_id].append(record)
+        if key is not None and key not in model.rated_ids and "\x00" not in record.record_id:
+            sent[key].append(record)
     async with app.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT record_id, iccid, usage_type, quantity, event_time FROM usage_records"
+            "SELECT record_id, period, iccid, usage_type, quantity, event_time FROM usage_records"
             " WHERE record_id = ANY($1::text[])",
-            list(sent),
+            list({key[0] for key in sent}),
         )
     stored = {}
     for row in rows:
+        key = (row["record_id"], row["period"])
+        if key not in sent:
+            continue  # stored in another period, by a record not in doubt
         content = (row["iccid"], row["usage_type"], row["quantity"], row["event_time"])
-        matches = [x for x in sent[row["record_id"]] if record_content(x) == content]
-        assert matches, f"stored {row['record_id']!r} as no record sent with that id: {content}"
-        stored[row["record_id"]] = matches[0]
+        matches = [x for x in sent[key] if record_content(x) == content]
+        assert matches, f"stored {key!r} as no record sent with that id: {content}"
+        stored[key] = matches[0]
     return stored
 
 

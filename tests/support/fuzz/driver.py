@@ -20,7 +20,6 @@ from rating.v1 import clock_service_pb2 as k
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
-from service.domain.periods import period_containing
 from tests.support.fuzz.model import (
     CALL_TIMEOUT,
     CLIENT_WRITE_RACE,
@@ -204,20 +203,18 @@ class Fuzzer:
             elif (
                 stored is not None
                 and result.status == t.RECORD_STATUS_DUPLICATE
-                and record.record_id not in self.model.rated_ids
+                and (key := self.model.key(record)) is not None
+                and key not in self.model.rated_ids
             ):
-                assert record.record_id in stored, f"DUPLICATE, never stored: {record.record_id}"
-                self._count(stored[record.record_id])
+                assert key in stored, f"DUPLICATE, never stored: {key}"
+                self._count(stored[key])
 
     def _count(self, record: t.UsageRecord) -> None:
-        assert record.record_id not in self.model.rated_ids, f"counted twice: {record.record_id}"
-        assert record.iccid in self.model.sims, f"rated for an unknown SIM {record.iccid!r}"
-        self.model.rated_ids.add(record.record_id)
-        account = self.model.accounts[self.model.sims[record.iccid][0]]
-        period = period_containing(
-            record.event_time.ToDatetime(UTC), account.timezone or "UTC", account.billing_day or 1
-        )
-        self.model.rated[(record.iccid, period.name)][record.usage_type] += record.quantity
+        key = self.model.key(record)
+        assert key is not None, f"rated for an unknown SIM {record.iccid!r}"
+        assert key not in self.model.rated_ids, f"counted twice: {key}"
+        self.model.rated_ids.add(key)
+        self.model.rated[(record.iccid, key[1])][record.usage_type] += record.quantity
 
 
 def run_fuzz(

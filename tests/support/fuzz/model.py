@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -14,6 +14,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import types_pb2 as t
 from service.app import SERVICE_NAMES
+from service.domain.periods import period_containing
 from tests.support import T0, iccids
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -70,10 +71,22 @@ class Model:
     rated: dict[tuple[str, str], Counter[int]] = dataclasses.field(
         default_factory=lambda: defaultdict(Counter)
     )
-    rated_ids: set[str] = dataclasses.field(default_factory=set)
+    # The idempotency keys counted: a record id within its period (docs/storage.md).
+    rated_ids: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     in_doubt: list[t.UsageRecord] = dataclasses.field(default_factory=list)
     codes: dict[str, Counter[str]] = dataclasses.field(default_factory=lambda: defaultdict(Counter))
     record_statuses: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def key(self, record: t.UsageRecord) -> tuple[str, str] | None:
+        """(record_id, period name) of a record of a known SIM; None for another."""
+        sim = self.sims.get(record.iccid)
+        if sim is None:
+            return None
+        account = self.accounts[sim[0]]
+        period = period_containing(
+            record.event_time.ToDatetime(UTC), account.timezone or "UTC", account.billing_day or 1
+        )
+        return record.record_id, period.name
 
     def now_seconds(self) -> int:
         return int(self.now.timestamp())
