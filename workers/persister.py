@@ -304,6 +304,10 @@ class Persister:
                 moved = self._engine.plan_starts(new)
                 if moved:
                     await repository.update_sims(conn, moved.values())
+                    await repository.charge_uncharged(conn, moved.values())
+                # Only what this commit inserted: an in-doubt commit's records that were
+                # stored brought their aggregates with them.
+                await repository.add_usage(conn, *self._engine.usage_deltas(inserted, moved))
                 committing = True  # leaving this block sends COMMIT
         except (asyncpg.PostgresError, StorageUnavailable) as exc:
             if committing:

@@ -53,6 +53,7 @@ from service.ingestion.records import (
 )
 from service.ops.clock import Clock
 from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
+from service.storage.repository import AggregateDelta, UnchargedRow
 
 log = structlog.get_logger("usage")
 
@@ -250,6 +251,34 @@ class UsageEngine:
                 return True
             period = next_period(period, account.timezone, account.billing_day)
         return False
+
+    def usage_deltas(
+        self, candidates: Iterable[Candidate], started: dict[str, Sim]
+    ) -> tuple[list[AggregateDelta], list[UnchargedRow]]:
+        """What new records add to the stored usage state, computed before their commit as
+        `count` will count them after it (with the `started` billing starts installed):
+        aggregate deltas per (period, SIM, usage type) and the uncharged records to keep."""
+        # On the ingestion hot path: one loop, local names, no call per record.
+        sims, first_use_plans = self._cache.sims, self._cache.first_use_plans
+        totals: dict[tuple[str, str, UsageType], list[int]] = {}
+        uncharged: list[UnchargedRow] = []
+        for _, iccid, usage_type, quantity, rated, event_time, _, period in candidates:
+            sim = (started.get(iccid) if started else None) or sims[iccid]
+            key = (period, iccid, usage_type)
+            total = totals.get(key)
+            if total is None:
+                total = totals[key] = [0, 0, 0, 0, 0]
+            total[0] += quantity
+            total[3] += 1
+            start = sim.billing_started_at
+            if start is not None and event_time >= start:  # is_charged(), inlined
+                total[1] += quantity
+                total[2] += rated
+                total[4] += 1
+            elif sim.plan_id in first_use_plans:
+                uncharged.append((iccid, event_time, usage_type, quantity, rated, period))
+        deltas = [(*key, *total) for key, total in totals.items()]
+        return deltas, uncharged  # type: ignore[return-value]
 
     # --- 3. apply after commit -------------------------------------------------------------------
 

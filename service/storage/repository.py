@@ -68,6 +68,7 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _INT64 = struct.Struct(">q")
 _PG_INFINITY, _PG_MINUS_INFINITY = 2**63 - 1, -(2**63)
+_INT64_MAX = 2**63 - 1
 
 
 def encode_timestamptz(value: datetime) -> bytes:
@@ -307,6 +308,131 @@ async def usage_rows(
             prefetch=prefetch,
         ):
             yield tuple(row)  # type: ignore[misc]
+
+
+# --- usage state: aggregates, uncharged records, settled totals (docs/storage.md) ------------
+
+# One SIM-period-type's totals as the persister adds them: (period, iccid, usage_type,
+# raw_quantity, charged_raw_quantity, charged_rated_quantity, records, charged_records).
+AggregateDelta = tuple[str, str, int, int, int, int, int, int]
+# A record before billing start of a SIM on a FIRST_USE plan:
+# (iccid, event_time, usage_type, quantity, rated_quantity, period).
+UnchargedRow = tuple[str, datetime, int, int, int, str]
+
+
+async def add_usage(
+    conn: asyncpg.Connection, deltas: Sequence[AggregateDelta], uncharged: Sequence[UnchargedRow]
+) -> None:
+    """Add a group's new records to the aggregates (one upsert) and keep its uncharged ones."""
+    if deltas:
+        columns = list(map(list, zip(*deltas, strict=True)))
+        # int8 arrays encode several times faster than numeric ones; a group's sum beyond
+        # int64 (never in practice: quantities are int64 each) travels as numeric.
+        big = max(max(columns[3]), max(columns[5])) > _INT64_MAX
+        quantity = "numeric" if big else "int8"
+        await conn.execute(
+            f"""INSERT INTO usage_aggregates AS a
+               SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::{quantity}[],
+                                    $5::{quantity}[], $6::{quantity}[], $7::int8[], $8::int8[])
+               ON CONFLICT (period, iccid, usage_type) DO UPDATE SET
+                   raw_quantity = a.raw_quantity + EXCLUDED.raw_quantity,
+                   charged_raw_quantity = a.charged_raw_quantity + EXCLUDED.charged_raw_quantity,
+                   charged_rated_quantity =
+                       a.charged_rated_quantity + EXCLUDED.charged_rated_quantity,
+                   records = a.records + EXCLUDED.records,
+                   charged_records = a.charged_records + EXCLUDED.charged_records""",
+            *columns,
+        )
+    if uncharged:
+        await conn.copy_records_to_table(
+            "usage_uncharged",
+            records=uncharged,
+            columns=("iccid", "event_time", "usage_type", "quantity", "rated_quantity", "period"),
+        )
+
+
+async def charge_uncharged(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
+    """Billing of `sims` starts earlier (or now): their uncharged records from the new start
+    on become charged usage. Call in the transaction that writes the new starts."""
+    started = [(sim.iccid, sim.billing_started_at) for sim in sims]
+    if not started:
+        return
+    await conn.execute(
+        """WITH moved AS (
+               DELETE FROM usage_uncharged u
+               USING unnest($1::text[], $2::timestamptz[]) AS s(iccid, started_at)
+               WHERE u.iccid = s.iccid AND u.event_time >= s.started_at
+               RETURNING u.period, u.iccid, u.usage_type, u.quantity, u.rated_quantity)
+           UPDATE usage_aggregates a SET
+               charged_raw_quantity = a.charged_raw_quantity + m.raw,
+               charged_rated_quantity = a.charged_rated_quantity + m.rated,
+               charged_records = a.charged_records + m.records
+           FROM (SELECT period, iccid, usage_type, sum(quantity) AS raw,
+                        sum(rated_quantity) AS rated, count(*) AS records
+                 FROM moved GROUP BY period, iccid, usage_type) m
+           WHERE a.period = m.period AND a.iccid = m.iccid AND a.usage_type = m.usage_type""",
+        *map(list, zip(*started, strict=True)),
+    )
+
+
+async def fold_settled_usage(conn: asyncpg.Connection, account_id: str, period: str) -> None:
+    """Add the raw quantities of the account's settled `period` to sim_settled_usage; in the
+    transaction that stores its invoice."""
+    await conn.execute(
+        """INSERT INTO sim_settled_usage AS t (iccid, usage_type, raw_quantity)
+           SELECT a.iccid, a.usage_type, a.raw_quantity
+           FROM usage_aggregates a JOIN sims s ON s.iccid = a.iccid
+           WHERE a.period = $2 AND s.account_id = $1
+           ON CONFLICT (iccid, usage_type) DO UPDATE SET
+               raw_quantity = t.raw_quantity + EXCLUDED.raw_quantity""",
+        account_id,
+        period,
+    )
+
+
+async def aggregate_periods(conn: asyncpg.Connection) -> list[str]:
+    """The distinct periods of usage_aggregates: a walk down its primary key (one index
+    probe per period), not a scan of its rows."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE p AS (
+               (SELECT period FROM usage_aggregates ORDER BY period LIMIT 1)
+               UNION ALL
+               SELECT (SELECT a.period FROM usage_aggregates a WHERE a.period > p.period
+                       ORDER BY a.period LIMIT 1)
+               FROM p WHERE p.period IS NOT NULL)
+           SELECT period FROM p WHERE period IS NOT NULL"""
+    )
+    return [row[0] for row in rows]
+
+
+async def period_aggregates(
+    conn: asyncpg.Connection, period: str, account_ids: Sequence[str]
+) -> list[tuple[str, int, int, int, int, int, int]]:
+    """(iccid, usage_type, raw, charged raw, charged rated, records, charged records) of the
+    SIMs of `account_ids` in `period`."""
+    rows = await conn.fetch(
+        """SELECT a.iccid, a.usage_type, a.raw_quantity, a.charged_raw_quantity,
+                  a.charged_rated_quantity, a.records, a.charged_records
+           FROM usage_aggregates a JOIN sims s ON s.iccid = a.iccid
+           WHERE a.period = $1 AND s.account_id = ANY($2::text[])""",
+        period,
+        account_ids,
+    )
+    return [(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5], row[6]) for row in rows]
+
+
+async def uncharged_rows(conn: asyncpg.Connection) -> list[UnchargedRow]:
+    rows = await conn.fetch(
+        "SELECT iccid, event_time, usage_type, quantity, rated_quantity, period"
+        " FROM usage_uncharged ORDER BY iccid, event_time"
+    )
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def settled_usage(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:
+    """(iccid, usage_type, raw quantity of its settled periods)."""
+    rows = await conn.fetch("SELECT iccid, usage_type, raw_quantity FROM sim_settled_usage")
+    return [(row[0], row[1], int(row[2])) for row in rows]
 
 
 async def settled_periods(conn: asyncpg.Connection) -> list[tuple[str, str]]:
