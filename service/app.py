@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
@@ -172,6 +173,7 @@ class Application:
         )
 
     async def _load_cache(self) -> None:
+        started = time.perf_counter()
         async with self.pool.acquire() as conn:
             for plan in await repository.load_plans(conn):
                 self.cache.put_plan(plan)
@@ -179,21 +181,31 @@ class Application:
                 self.cache.put_account(account)
             self.cache.put_sims(await repository.load_sims(conn))
             self.cache.add_settled(await repository.settled_periods(conn))
-            records = 0
-            batch: list[tuple[str, int, int, int, datetime, str]] = []
-            async for row in repository.usage_rows(conn):
-                batch.append(row)
-                if len(batch) >= 50_000:
-                    records += self.engine.rebuild(batch)
-                    batch.clear()
-            records += self.engine.rebuild(batch)
+            sim_periods = await self._load_usage(conn)
         log.info(
             "cache loaded",
             plans=len(self.cache.plans),
             accounts=len(self.cache.accounts),
             sims=len(self.cache.sims),
-            usage_records=records,
+            sim_periods=sim_periods,
+            seconds=round(time.perf_counter() - started, 3),
         )
+
+    async def _load_usage(self, conn: asyncpg.Connection) -> int:
+        """The stored usage state of OPEN account-periods (no invoice), the uncharged records
+        and the settled raw totals; returns the SIM-periods loaded. Settled periods are
+        never read: their SIMs' totals are in sim_settled_usage (docs/storage.md)."""
+        cache, loaded = self.cache, 0
+        with_sims = [a for a in cache.accounts if cache.account_has_sims(a)]
+        for period in await repository.aggregate_periods(conn):
+            open_accounts = [a for a in with_sims if (a, period) not in cache.settled]
+            if open_accounts:
+                rows = await repository.period_aggregates(conn, period, open_accounts)
+                loaded += cache.restore_period(period, rows)
+        cache.restore_uncharged(await repository.uncharged_rows(conn))
+        cache.restore_settled_raw(await repository.settled_usage(conn))
+        self.metrics.cache_loaded_sim_periods.set(loaded)
+        return loaded
 
     def _watch_pool(self, pool: asyncpg.Pool) -> None:
         """The pool gauges, read at scrape time (asyncpg counts them; nothing per call)."""

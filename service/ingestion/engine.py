@@ -16,7 +16,6 @@ Nothing here touches the database, so the cache only ever shows committed record
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -30,7 +29,6 @@ from service.domain.activation import (
 )
 from service.domain.limits import CLOCK_SKEW_TOLERANCE, INT64_MAX
 from service.domain.model import (
-    USAGE_TYPES_BY_VALUE,
     Account,
     ActivationMode,
     BillingStartReason,
@@ -60,7 +58,6 @@ log = structlog.get_logger("usage")
 _FUTURE_DETAIL = (
     f"event_time more than {CLOCK_SKEW_TOLERANCE // timedelta(minutes=1)} minutes ahead"
 )
-REBUILD_CHUNK = 10_000  # records recounted at a time at start
 
 
 class PeriodLookup:
@@ -396,19 +393,3 @@ class UsageEngine:
         counters.charged_records += 1
         if rate is not None and rate.pooled:
             self._cache.pool_used[(sim.account_id, sim.plan_id, period, rate.usage_type)] += rated
-
-    # --- restart -------------------------------------------------------------------------------
-
-    def rebuild(self, rows: Iterable[tuple[str, int, int, int, datetime, str]]) -> int:
-        """Recount committed records (iccid, usage_type, quantity, rated, event_time, period)."""
-        sims, kinds = self._cache.sims, USAGE_TYPES_BY_VALUE
-        candidates = (
-            Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period)
-            for iccid, kind, quantity, rated, event_time, period in rows
-            if iccid in sims
-        )
-        count = 0
-        while chunk := list(itertools.islice(candidates, REBUILD_CHUNK)):
-            self._count(chunk, {}, estimate=False)
-            count += len(chunk)
-        return count

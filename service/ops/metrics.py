@@ -143,6 +143,11 @@ class Metrics:
             " settlement worker's last run.",
             registry=r,
         )
+        self.cache_loaded_sim_periods = Gauge(
+            "rating_cache_loaded_sim_periods",
+            "SIM-periods of open account-periods loaded from PostgreSQL at start.",
+            registry=r,
+        )
         # Sizes, read at scrape time (set_function, attached by the wiring).
         self.cache_entries = Gauge(
             "rating_cache_entries",

@@ -297,19 +297,6 @@ async def known_record_ids(conn: asyncpg.Connection, record_ids: Sequence[str]) 
     return {row[0] for row in rows}
 
 
-async def usage_rows(
-    conn: asyncpg.Connection, prefetch: int = 50_000
-) -> AsyncIterator[tuple[str, int, int, int, datetime, str]]:
-    """Every committed record, streamed (for rebuilding the counters at start)."""
-    async with conn.transaction():
-        async for row in conn.cursor(
-            "SELECT iccid, usage_type, quantity, rated_quantity, event_time, period"
-            " FROM usage_records",
-            prefetch=prefetch,
-        ):
-            yield tuple(row)  # type: ignore[misc]
-
-
 # --- usage state: aggregates, uncharged records, settled totals (docs/storage.md) ------------
 
 # One SIM-period-type's totals as the persister adds them: (period, iccid, usage_type,

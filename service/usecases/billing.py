@@ -123,6 +123,8 @@ class Billing:
                 )
                 raise
             self._cache.add_settled([key])
+            # Its counters leave memory (they are in PostgreSQL): memory holds open periods.
+            self._cache.evict_period(account.account_id, period.name)
         if not created:  # another instance committed first: its invoice is the invoice
             self._metrics.settlements.labels("already_settled").inc()
             return Settlement(stored, created=False)
@@ -179,7 +181,10 @@ class Billing:
         computed = self._compute(account, period, final=True, settled_at=now)
         try:
             async with repository.transaction(self._pool) as conn:
-                return await repository.insert_invoice(conn, computed)
+                stored, created = await repository.insert_invoice(conn, computed)
+                if created:  # the period's raw totals join the SIMs' settled totals
+                    await repository.fold_settled_usage(conn, account.account_id, period.name)
+                return stored, created
         except asyncpg.PostgresError as exc:
             raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
 
