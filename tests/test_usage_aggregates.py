@@ -1,0 +1,147 @@
+"""The stored usage state (docs/storage.md, "Usage aggregates and restart"): written by the
+group commit, loaded at start for open periods only, exact after kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+
+import asyncpg
+import grpc
+import pytest
+
+from rating.v1 import billing_service_pb2 as b
+from rating.v1 import rating_service_pb2 as r
+from rating.v1 import types_pb2 as t
+from tests.conftest import AppFactory
+from tests.support import T0, ServerProcess, Stubs, first_use_plan
+from tests.support.billing import advance
+from tests.support.usage import account_with_sims, rate, record
+from tests.support.usage_state import cache_state, expected_state, open_part, stored_state
+from tests.test_durability import Acks, make_batches, stream
+
+DAY = timedelta(days=1)
+
+
+async def statuses(stubs: Stubs, sims: list[str]) -> list[bytes]:
+    out = []
+    for iccid in sims:
+        got = await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=iccid))
+        out.append(got.status.SerializeToString(deterministic=True))
+    return out
+
+
+async def preview(stubs: Stubs) -> bytes:
+    got = await stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id="A"))
+    return got.invoice.SerializeToString(deterministic=True)
+
+
+async def check_stored(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await stored_state(conn) == await expected_state(conn)
+    finally:
+        await conn.close()
+
+
+async def test_restart_after_a_settlement_loads_only_the_open_period(
+    start_app: AppFactory, database_url: str
+) -> None:
+    app, stubs = await start_app(clock_start=T0 + 20 * DAY)
+    sims = await account_with_sims(stubs, 20)
+    waiting = await account_with_sims(
+        stubs, 4, plan=first_use_plan("FU", threshold=10_000), start=100
+    )
+    january = [record(f"jan-{n}", iccid, 1_000 + n, T0 + DAY) for n, iccid in enumerate(sims)]
+    january += [record(f"jan-fu-{n}", iccid, 6_000, T0 + DAY) for n, iccid in enumerate(waiting)]
+    assert len(await rate(stubs, *january)) == len(january)
+    await advance(stubs, T0 + 33 * DAY)  # 2026-02-03: January is settled
+    february = [
+        record(f"feb-{n}", iccid, 2_000 + n, T0 + 32 * DAY) for n, iccid in enumerate(sims[:10])
+    ]
+    # Reaches the threshold with January's uncharged 6,000: billing starts in February.
+    february.append(record("feb-fu", waiting[0], 5_000, T0 + 32 * DAY))
+    assert len(await rate(stubs, *february)) == len(february)
+    everyone = sims + waiting
+    before, bill = await statuses(stubs, everyone), await preview(stubs)
+    async with app.state_lock:
+        assert {p for u in app.cache.usage.values() for p in u.periods} == {"2026-02"}
+    await app.stop()
+
+    restarted, stubs = await start_app(clock_start=T0 + 33 * DAY)
+    loaded = restarted.metrics.registry.get_sample_value("rating_cache_loaded_sim_periods")
+    assert loaded == 11  # the February SIM-periods; nothing of settled January
+    assert await statuses(stubs, everyone) == before
+    assert await preview(stubs) == bill
+    async with restarted.pool.acquire() as conn:
+        stored = await stored_state(conn)
+        assert stored == await expected_state(conn)
+    assert cache_state(restarted.cache) == open_part(stored, restarted.cache)
+
+    await advance(stubs, T0 + 61 * DAY)  # 2026-03-03: February is settled after the restart
+    got = await stubs.billing.GetInvoice(b.GetInvoiceRequest(account_id="A", period="2026-02"))
+    expected = t.Invoice()
+    expected.ParseFromString(bill)
+    assert got.invoice.total_micros == expected.total_micros
+    assert list(got.invoice.lines) == list(expected.lines)
+    await check_stored(database_url)
+
+
+STREAMS, SIMS, BATCHES, BATCH_SIZE = 4, 500, 30, 200
+
+
+@pytest.mark.slow
+async def test_kill_9_while_aggregates_are_written(database_url: str) -> None:
+    """kill -9 under four streams of batches (each group commit writes aggregates): after
+    restart, counters, the preview and the invoice equal what the stored records imply."""
+    env = {"RATING_DATABASE_URL": database_url, "RATING_CLOCK": "test:2026-01-20T00:00:00Z"}
+    server = ServerProcess(env)
+    port = await server.start()
+    acks = Acks()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stubs = Stubs(channel)
+            sims = await account_with_sims(stubs, SIMS, start=5_000)
+            sims += await account_with_sims(
+                stubs, 50, plan=first_use_plan("FU", threshold=150_000), start=9_000
+            )
+            per_stream = [make_batches(f"k{s}", sims, BATCHES, BATCH_SIZE) for s in range(STREAMS)]
+            senders = [asyncio.create_task(stream(stubs, x, acks)) for x in per_stream]
+            await acks.wait_for_batches(STREAMS * BATCHES // 3)
+            assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
+            await asyncio.wait_for(asyncio.gather(*senders), 60)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+    assert acks.batches < STREAMS * BATCHES, "the streams ended before the kill"
+    await check_stored(database_url)
+
+    restarted = ServerProcess(env)
+    port = await restarted.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stubs = Stubs(channel)
+            conn = await asyncpg.connect(database_url)
+            try:
+                sums = dict(
+                    await conn.fetch(
+                        "SELECT iccid, sum(quantity)::bigint FROM usage_records GROUP BY iccid"
+                    )
+                )
+            finally:
+                await conn.close()
+            for iccid in sims:
+                got = await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=iccid))
+                shown = sum(u.quantity for u in got.status.period_usage)
+                assert shown == sums.get(iccid, 0), iccid
+            bill = await stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id="A"))
+            await advance(stubs, T0 + 33 * DAY)  # settles January
+            got_invoice = await stubs.billing.GetInvoice(
+                b.GetInvoiceRequest(account_id="A", period="2026-01")
+            )
+            assert got_invoice.invoice.total_micros == bill.invoice.total_micros
+            assert list(got_invoice.invoice.lines) == list(bill.invoice.lines)
+    finally:
+        await restarted.stop()
+    await check_stored(database_url)
