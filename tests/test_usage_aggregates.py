@@ -14,6 +14,7 @@ import pytest
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
+from service.storage import database
 from tests.conftest import AppFactory
 from tests.support import T0, ServerProcess, Stubs, first_use_plan
 from tests.support.billing import advance
@@ -145,3 +146,41 @@ async def test_kill_9_while_aggregates_are_written(database_url: str) -> None:
     finally:
         await restarted.stop()
     await check_stored(database_url)
+
+
+async def test_migration_0003_computes_the_state_from_the_stored_records(
+    start_app: AppFactory, database_url: str
+) -> None:
+    """A database at 0002 (usage history, a settled period, FIRST_USE SIMs before and after
+    their start) migrated to 0003 holds what replaying its records gave, and loads it."""
+    app, stubs = await start_app(clock_start=T0 + 20 * DAY)
+    sims = await account_with_sims(stubs, 6)
+    waiting = await account_with_sims(
+        stubs, 3, plan=first_use_plan("FU", threshold=10_000), start=50
+    )
+    await rate(
+        stubs, *[record(f"j{n}", i, 700 + n, T0 + DAY) for n, i in enumerate(sims + waiting)]
+    )
+    await advance(stubs, T0 + 33 * DAY)
+    await rate(
+        stubs,
+        record("f0", sims[0], 5_000, T0 + 32 * DAY),
+        record("f1", waiting[0], 9_500, T0 + 32 * DAY),  # 700 + 9,500: billing starts
+        record("f2", waiting[1], 100, T0 + 32 * DAY),
+    )
+    before = await statuses(stubs, sims + waiting)
+    await app.stop()
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            # Back to 0002: the tables 0003 adds are gone, the records stay.
+            await conn.execute(
+                "DROP TABLE usage_aggregates, usage_uncharged, sim_settled_usage;"
+                " DELETE FROM schema_migrations WHERE version = 3"
+            )
+            assert await database.migrate(conn) == ["0003_usage_aggregates.sql"]
+            stored = await stored_state(conn)
+            assert stored == await expected_state(conn)
+            assert len(stored.aggregates) == 9 + 3 and stored.uncharged and stored.settled_raw
+    restarted, stubs = await start_app(clock_start=T0 + 33 * DAY)
+    assert cache_state(restarted.cache) == open_part(stored, restarted.cache)
+    assert await statuses(stubs, sims + waiting) == before
