@@ -6,10 +6,10 @@ in ONE transaction (an id look-up, then one COPY), together with any billing sta
 records moved (and the uncharged records it turns into charged usage), the group's
 aggregate deltas per period, SIM and usage type (one upsert into usage_aggregates) and
 its records before billing start of FIRST_USE SIMs (usage_uncharged): the stored usage
-state a start loads instead of the records (docs/storage.md). Only after the commit does it count them in the cache and answer the
-callers, so an acknowledged record is always in PostgreSQL. If the commit fails, every
-caller of the group gets `StorageUnavailable` and nothing is counted: retrying is safe
-because record ids are idempotency keys.
+state a start loads instead of the records (docs/storage.md). Only after the commit does
+it count them in the cache and answer the callers, so an acknowledged record is always
+in PostgreSQL. If the commit fails, every caller of the group gets `StorageUnavailable`
+and nothing is counted: retrying is safe because record ids are idempotency keys.
 
 Pipelining: a committed group is counted while the NEXT group is being written. Counting
 runs in chunks that yield to the event loop, so it proceeds while PostgreSQL looks up and
