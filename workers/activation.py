@@ -102,7 +102,6 @@ class ActivationWorker:
                 try:
                     async with repository.transaction(self._pool) as conn:
                         await repository.update_sims(conn, chunk)
-                        await repository.charge_uncharged(conn, chunk)
                 except Exception:
                     for sim in due[offset:]:  # not committed: keep waiting, retry next run
                         assert sim.billing_started_at is not None

@@ -3,13 +3,14 @@
 Callers `submit` a batch and wait for its results. The worker takes whatever batches are
 queued (up to a record bound), checks them against the cache, and commits all new records
 in ONE transaction (an id look-up, then one COPY), together with any billing start the
-records moved (and the uncharged records it turns into charged usage), the group's
-aggregate deltas per period, SIM and usage type (one upsert into usage_aggregates) and
-its records before billing start of FIRST_USE SIMs (usage_uncharged): the stored usage
-state a start loads instead of the records (docs/storage.md). Only after the commit does
-it count them in the cache and answer the callers, so an acknowledged record is always
-in PostgreSQL. If the commit fails, every caller of the group gets `StorageUnavailable`
-and nothing is counted: retrying is safe because record ids are idempotency keys.
+records moved and the records before billing start of FIRST_USE SIMs (usage_uncharged).
+Each record gets the next `usage_records.seq`, so seq order is commit order; after the
+commit `committed_seq` is at least the seq of every committed record, the watermark the
+checkpoint worker takes (it writes the counters; the group commit does not, see
+docs/storage.md). Only after the commit does it count them in the cache and answer the
+callers, so an acknowledged record is always in PostgreSQL. If the commit fails, every
+caller of the group gets `StorageUnavailable` and nothing is counted: retrying is safe
+because record ids are idempotency keys.
 
 Pipelining: a committed group is counted while the NEXT group is being written. Counting
 runs in chunks that yield to the event loop, so it proceeds while PostgreSQL looks up and
@@ -99,6 +100,7 @@ class Persister:
         *,
         max_queued_batches: int,
         max_records_per_commit: int,
+        committed_seq: int = 0,
     ) -> None:
         self._pool = pool
         self._engine = engine
@@ -113,6 +115,14 @@ class Persister:
         # New records of commits whose outcome is unknown, by record id (see module doc).
         self._in_doubt: dict[str, Candidate] = {}
         self._pending: Committed | None = None  # committed, not fully counted yet
+        # Every committed record has seq <= this (usage_records.seq is in commit order);
+        # inside the state lock they are all counted in the cache.
+        self.committed_seq = committed_seq
+
+    @property
+    def in_doubt(self) -> int:
+        """Records of commits whose outcome is unknown (see the module doc)."""
+        return len(self._in_doubt)
 
     @property
     def uncounted(self) -> int:
@@ -302,15 +312,19 @@ class Persister:
                     await repository.insert_usage(conn, list(first.values())) if first else []
                 )
                 new = recovered + inserted if recovered else inserted
+                # At least the seq of every record counted once this commits (the in-doubt
+                # ones included): the watermark a checkpoint may take (workers.checkpoint).
+                seq = await repository.last_usage_seq(conn) if new else self.committed_seq
                 if counting is not None:
                     await counting
                 moved = self._engine.plan_starts(new)
                 if moved:
                     await repository.update_sims(conn, moved.values())
-                    await repository.charge_uncharged(conn, moved.values())
                 # Only what this commit inserted: an in-doubt commit's records that were
-                # stored brought their aggregates with them.
-                await repository.add_usage(conn, *self._engine.usage_deltas(inserted, moved))
+                # stored brought their uncharged ones with them.
+                uncharged = self._engine.uncharged_of(inserted, moved)
+                if uncharged:
+                    await repository.insert_uncharged(conn, uncharged, seq)
                 committing = True  # leaving this block sends COMMIT
         except (asyncpg.PostgresError, StorageUnavailable) as exc:
             if committing:
@@ -321,6 +335,7 @@ class Persister:
             log.error("group commit failed", error=repr(exc))
             raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
         self._in_doubt.clear()  # each one is now counted, or known not to be stored
+        self.committed_seq = seq
         return new, counted_closed, moved
 
     async def _recover_in_doubt(self, conn: asyncpg.Connection) -> list[Candidate]:

@@ -29,6 +29,7 @@ from service.domain.activation import (
 )
 from service.domain.limits import CLOCK_SKEW_TOLERANCE, INT64_MAX
 from service.domain.model import (
+    USAGE_TYPES_BY_VALUE,
     Account,
     ActivationMode,
     BillingStartReason,
@@ -51,7 +52,7 @@ from service.ingestion.records import (
 )
 from service.ops.clock import Clock
 from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
-from service.storage.repository import AggregateDelta, UnchargedRow
+from service.storage.repository import UnchargedRow
 
 log = structlog.get_logger("usage")
 
@@ -249,33 +250,22 @@ class UsageEngine:
             period = next_period(period, account.timezone, account.billing_day)
         return False
 
-    def usage_deltas(
+    def uncharged_of(
         self, candidates: Iterable[Candidate], started: dict[str, Sim]
-    ) -> tuple[list[AggregateDelta], list[UnchargedRow]]:
-        """What new records add to the stored usage state, computed before their commit as
-        `count` will count them after it (with the `started` billing starts installed):
-        aggregate deltas per (period, SIM, usage type) and the uncharged records to keep."""
-        # On the ingestion hot path: one loop, local names, no call per record.
+    ) -> list[UnchargedRow]:
+        """The new records `count` will keep as uncharged (with the `started` billing starts
+        installed): those before billing start of SIMs on FIRST_USE plans."""
         sims, first_use_plans = self._cache.sims, self._cache.first_use_plans
-        totals: dict[tuple[str, str, UsageType], list[int]] = {}
+        if not first_use_plans:
+            return []
         uncharged: list[UnchargedRow] = []
         for _, iccid, usage_type, quantity, rated, event_time, _, period in candidates:
             sim = (started.get(iccid) if started else None) or sims[iccid]
-            key = (period, iccid, usage_type)
-            total = totals.get(key)
-            if total is None:
-                total = totals[key] = [0, 0, 0, 0, 0]
-            total[0] += quantity
-            total[3] += 1
-            start = sim.billing_started_at
-            if start is not None and event_time >= start:  # is_charged(), inlined
-                total[1] += quantity
-                total[2] += rated
-                total[4] += 1
-            elif sim.plan_id in first_use_plans:
+            if sim.plan_id in first_use_plans and not is_charged(
+                event_time, sim.billing_started_at
+            ):
                 uncharged.append((iccid, event_time, usage_type, quantity, rated, period))
-        deltas = [(*key, *total) for key, total in totals.items()]
-        return deltas, uncharged  # type: ignore[return-value]
+        return uncharged
 
     # --- 3. apply after commit -------------------------------------------------------------------
 
@@ -295,6 +285,12 @@ class UsageEngine:
 
     def install_start(self, sim: Sim) -> None:
         """Install a new (earlier) billing start: uncharged records from it on become charged."""
+        self._charge_from_start(sim)
+        self._cache.new_starts.add(sim.iccid)
+        self._cache.put_sims([sim])
+
+    def _charge_from_start(self, sim: Sim) -> int:
+        """Charge the SIM's uncharged records at or after its billing start; how many."""
         usage = self._cache.usage_for_update(sim.iccid)
         plan = self._cache.plans[sim.plan_id]
         start = sim.billing_started_at
@@ -312,8 +308,11 @@ class UsageEngine:
                 )
             else:
                 still_uncharged.append(record)
-        usage.uncharged = still_uncharged
-        self._cache.put_sims([sim])
+        charged = len(usage.uncharged) - len(still_uncharged)
+        if charged:
+            usage.uncharged = still_uncharged
+            self._cache.dirty.add(sim.iccid)
+        return charged
 
     def _count(
         self, candidates: Iterable[Candidate], started: dict[str, Sim], *, estimate: bool
@@ -321,6 +320,7 @@ class UsageEngine:
         # The ingestion hot path: one loop for the group, every lookup done once, inline.
         cache = self._cache
         sims, plans, usage_by_sim, pool_used = cache.sims, cache.plans, cache.usage, cache.pool_used
+        mark_dirty = cache.dirty.add  # for the next checkpoint
         first_use, first_use_start = ActivationMode.FIRST_USE, BillingStartReason.FIRST_USE
         new = tuple.__new__
         last_plan: Plan | None = None
@@ -332,6 +332,7 @@ class UsageEngine:
             usage = usage_by_sim.get(iccid)
             if usage is None:
                 usage = usage_by_sim[iccid] = SimUsage(sims[iccid])
+            mark_dirty(iccid)
             sim: Sim = usage.sim  # type: ignore[assignment]  # set in every stored SimUsage
             plan = plans[sim.plan_id]
             if plan is not last_plan or usage_type is not last_type:
@@ -393,3 +394,30 @@ class UsageEngine:
         counters.charged_records += 1
         if rate is not None and rate.pooled:
             self._cache.pool_used[(sim.account_id, sim.plan_id, period, rate.usage_type)] += rated
+
+    # --- restart -------------------------------------------------------------------------------
+
+    def charge_restored_uncharged(self) -> int:
+        """At start, after the checkpoint's state is loaded: the loaded uncharged records
+        that the SIMs' current billing starts charge become charged (a start only moves
+        earlier, so installing the current one again is exact). Returns how many."""
+        charged = 0
+        for iccid, usage in self._cache.usage.items():
+            sim = self._cache.sims[iccid]
+            if usage.uncharged and sim.billing_started_at is not None:
+                if count := self._charge_from_start(sim):
+                    self._cache.new_starts.add(iccid)
+                    charged += count
+        return charged
+
+    def replay(self, rows: Iterable[tuple[str, int, int, int, datetime, str]]) -> int:
+        """Count committed records (iccid, usage_type, quantity, rated, event_time, period)
+        with the SIMs' current billing starts, as the counting after their commit did.
+        Returns how many."""
+        kinds = USAGE_TYPES_BY_VALUE
+        candidates = [
+            Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period)
+            for iccid, kind, quantity, rated, event_time, period in rows
+        ]
+        self._count(candidates, {}, estimate=False)
+        return len(candidates)

@@ -27,6 +27,7 @@ _SETTINGS: tuple[tuple[str, str | None, str], ...] = (
     ("RATING_API_KEYS_FILE", None, "JSON file of API key hashes and roles (unset: open)"),
     ("RATING_MAX_MESSAGE_BYTES", "8388608", "largest request message accepted"),
     ("RATING_MAX_STREAMS", "1000", "concurrent StreamUsage streams accepted"),
+    ("RATING_CHECKPOINT_INTERVAL_S", "30", "seconds between usage checkpoints"),
 )
 
 
@@ -46,6 +47,7 @@ class Settings:
     api_keys_file: Path | None = None
     max_message_bytes: int = 8 * 1024 * 1024
     max_streams: int = 1000
+    checkpoint_interval_s: float = 30.0
     # Tuning, not in the environment: bounds that give backpressure.
     persist_queue_batches: int = 64
     persist_max_records_per_commit: int = 20_000
@@ -89,6 +91,7 @@ class Settings:
             api_keys_file=_path(raw, "RATING_API_KEYS_FILE"),
             max_message_bytes=_non_negative_int(raw, "RATING_MAX_MESSAGE_BYTES") or 1,
             max_streams=_non_negative_int(raw, "RATING_MAX_STREAMS"),
+            checkpoint_interval_s=_positive_seconds(raw, "RATING_CHECKPOINT_INTERVAL_S"),
         )
 
 
@@ -99,6 +102,16 @@ def _non_negative_int(raw: Mapping[str, str], name: str) -> int:
         raise InvalidArgument(name, "must be an integer") from exc
     if value < 0:
         raise InvalidArgument(name, "must be >= 0")
+    return value
+
+
+def _positive_seconds(raw: Mapping[str, str], name: str) -> float:
+    try:
+        value = float(raw[name])
+    except ValueError as exc:
+        raise InvalidArgument(name, "must be a number of seconds") from exc
+    if not value > 0 or value == float("inf"):
+        raise InvalidArgument(name, "must be > 0 and finite")
     return value
 
 

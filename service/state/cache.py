@@ -118,6 +118,11 @@ class StateCache:
         self.version = 0
         # Called with (previous or None, new) after every SIM change is installed.
         self.sim_listeners: list[Callable[[Sim | None, Sim], None]] = []
+        # Since the last checkpoint (workers.checkpoint): the SIMs whose counters changed,
+        # and those whose billing start was installed (their stored uncharged records from
+        # it on are charged now).
+        self.dirty: set[str] = set()
+        self.new_starts: set[str] = set()
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -176,6 +181,37 @@ class StateCache:
                 )
             )
         return facts
+
+    def usage_rows(
+        self, iccids: Iterable[str], period: str | None = None
+    ) -> list[tuple[str, str, int, int, int, int, int, int]]:
+        """The counters of the SIMs' periods in memory (of `period` only, if given) as rows
+        (period, iccid, usage type value, raw, charged raw, charged rated, records,
+        charged records): what usage_aggregates stores."""
+        rows = []
+        usage_by_sim = self.usage
+        for iccid in iccids:
+            usage = usage_by_sim.get(iccid)
+            if usage is None:
+                continue
+            periods = usage.periods
+            if period is not None:
+                periods = {period: periods[period]} if period in periods else {}
+            for name, by_type in periods.items():
+                for usage_type, c in by_type.items():
+                    rows.append(
+                        (
+                            name,
+                            iccid,
+                            usage_type.value,
+                            c.raw_quantity,
+                            c.charged_raw_quantity,
+                            c.charged_rated_quantity,
+                            c.records,
+                            c.charged_records,
+                        )
+                    )
+        return rows
 
     def account_has_sims(self, account_id: str) -> bool:
         return bool(self.sims_by_account.get(account_id))

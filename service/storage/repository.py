@@ -68,7 +68,6 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _INT64 = struct.Struct(">q")
 _PG_INFINITY, _PG_MINUS_INFINITY = 2**63 - 1, -(2**63)
-_INT64_MAX = 2**63 - 1
 
 
 def encode_timestamptz(value: datetime) -> bytes:
@@ -299,67 +298,114 @@ async def known_record_ids(conn: asyncpg.Connection, record_ids: Sequence[str]) 
 
 # --- usage state: aggregates, uncharged records, settled totals (docs/storage.md) ------------
 
-# One SIM-period-type's totals as the persister adds them: (period, iccid, usage_type,
-# raw_quantity, charged_raw_quantity, charged_rated_quantity, records, charged_records).
-AggregateDelta = tuple[str, str, int, int, int, int, int, int]
+# The seq of a settled period's aggregate rows: final, no checkpoint overwrites them.
+SETTLED_SEQ = 2**63 - 1
+# One SIM-period-type's counters: (period, iccid, usage_type, raw_quantity,
+# charged_raw_quantity, charged_rated_quantity, records, charged_records).
+AggregateRow = tuple[str, str, int, int, int, int, int, int]
 # A record before billing start of a SIM on a FIRST_USE plan:
 # (iccid, event_time, usage_type, quantity, rated_quantity, period).
 UnchargedRow = tuple[str, datetime, int, int, int, str]
+# A committed record to replay at start:
+# (iccid, usage_type, quantity, rated_quantity, event_time, period, seq).
+ReplayRow = tuple[str, int, int, int, datetime, str, int]
+
+_UNCHARGED_COLUMNS = (
+    "iccid",
+    "event_time",
+    "usage_type",
+    "quantity",
+    "rated_quantity",
+    "period",
+    "seq",
+)
 
 
-async def add_usage(
-    conn: asyncpg.Connection, deltas: Sequence[AggregateDelta], uncharged: Sequence[UnchargedRow]
+async def last_usage_seq(conn: asyncpg.Connection) -> int:
+    """The last commit sequence number handed out: at least the seq of every record this
+    transaction inserted or sees (the persister, the only writer, calls it in its group)."""
+    value: int = await conn.fetchval("SELECT last_value FROM usage_records_seq")
+    return value
+
+
+async def insert_uncharged(
+    conn: asyncpg.Connection, rows: Sequence[UnchargedRow], seq: int
 ) -> None:
-    """Add a group's new records to the aggregates (one upsert) and keep its uncharged ones."""
-    if deltas:
-        columns = list(map(list, zip(*deltas, strict=True)))
-        # int8 arrays encode several times faster than numeric ones; a group's sum beyond
-        # int64 (never in practice: quantities are int64 each) travels as numeric.
-        big = max(max(columns[3]), max(columns[5])) > _INT64_MAX
-        quantity = "numeric" if big else "int8"
-        await conn.execute(
-            f"""INSERT INTO usage_aggregates AS a
-               SELECT * FROM unnest($1::text[], $2::text[], $3::int2[], $4::{quantity}[],
-                                    $5::{quantity}[], $6::{quantity}[], $7::int8[], $8::int8[])
-               ON CONFLICT (period, iccid, usage_type) DO UPDATE SET
-                   raw_quantity = a.raw_quantity + EXCLUDED.raw_quantity,
-                   charged_raw_quantity = a.charged_raw_quantity + EXCLUDED.charged_raw_quantity,
-                   charged_rated_quantity =
-                       a.charged_rated_quantity + EXCLUDED.charged_rated_quantity,
-                   records = a.records + EXCLUDED.records,
-                   charged_records = a.charged_records + EXCLUDED.charged_records""",
-            *columns,
-        )
-    if uncharged:
-        await conn.copy_records_to_table(
-            "usage_uncharged",
-            records=uncharged,
-            columns=("iccid", "event_time", "usage_type", "quantity", "rated_quantity", "period"),
-        )
+    """Keep a group's records before billing start, with the group's seq."""
+    await conn.copy_records_to_table(
+        "usage_uncharged", records=[(*row, seq) for row in rows], columns=_UNCHARGED_COLUMNS
+    )
 
 
-async def charge_uncharged(conn: asyncpg.Connection, sims: Iterable[Sim]) -> None:
-    """Billing of `sims` starts earlier (or now): their uncharged records from the new start
-    on become charged usage. Call in the transaction that writes the new starts."""
-    started = [(sim.iccid, sim.billing_started_at) for sim in sims]
-    if not started:
+async def write_aggregates(
+    conn: asyncpg.Connection, rows: Sequence[AggregateRow], seq: int
+) -> None:
+    """Store `rows` (their values, not deltas) as exact at `seq`, except over a row stored at
+    a higher seq (a settled period's, or a later checkpoint's). One COPY into a temporary
+    table, then one upsert from it."""
+    if not rows:
         return
     await conn.execute(
-        """WITH moved AS (
-               DELETE FROM usage_uncharged u
-               USING unnest($1::text[], $2::timestamptz[]) AS s(iccid, started_at)
-               WHERE u.iccid = s.iccid AND u.event_time >= s.started_at
-               RETURNING u.period, u.iccid, u.usage_type, u.quantity, u.rated_quantity)
-           UPDATE usage_aggregates a SET
-               charged_raw_quantity = a.charged_raw_quantity + m.raw,
-               charged_rated_quantity = a.charged_rated_quantity + m.rated,
-               charged_records = a.charged_records + m.records
-           FROM (SELECT period, iccid, usage_type, sum(quantity) AS raw,
-                        sum(rated_quantity) AS rated, count(*) AS records
-                 FROM moved GROUP BY period, iccid, usage_type) m
-           WHERE a.period = m.period AND a.iccid = m.iccid AND a.usage_type = m.usage_type""",
-        *map(list, zip(*started, strict=True)),
+        """CREATE TEMPORARY TABLE aggregate_rows (
+               period text, iccid text, usage_type int2, raw_quantity numeric,
+               charged_raw_quantity numeric, charged_rated_quantity numeric, records int8,
+               charged_records int8) ON COMMIT DROP"""
     )
+    await conn.copy_records_to_table("aggregate_rows", records=rows)
+    await conn.execute(
+        """INSERT INTO usage_aggregates AS a
+           SELECT r.*, $1::int8 FROM aggregate_rows r
+           ON CONFLICT (period, iccid, usage_type) DO UPDATE SET
+               raw_quantity = EXCLUDED.raw_quantity,
+               charged_raw_quantity = EXCLUDED.charged_raw_quantity,
+               charged_rated_quantity = EXCLUDED.charged_rated_quantity,
+               records = EXCLUDED.records,
+               charged_records = EXCLUDED.charged_records,
+               seq = EXCLUDED.seq
+           WHERE a.seq <= EXCLUDED.seq""",
+        seq,
+    )
+
+
+async def write_checkpoint(
+    conn: asyncpg.Connection,
+    rows: Sequence[AggregateRow],
+    starts: Sequence[tuple[str, datetime]],
+    watermark: int,
+) -> None:
+    """One checkpoint, in the caller's transaction: the changed counters exact at
+    `watermark`; the stored uncharged records up to it that the billing starts (iccid,
+    start) installed since the last checkpoint charge; the watermark."""
+    await write_aggregates(conn, rows, watermark)
+    if starts:
+        await conn.execute(
+            """DELETE FROM usage_uncharged u
+               USING unnest($1::text[], $2::timestamptz[]) AS s(iccid, started_at)
+               WHERE u.iccid = s.iccid AND u.event_time >= s.started_at AND u.seq <= $3""",
+            [iccid for iccid, _ in starts],
+            [start for _, start in starts],
+            watermark,
+        )
+    await conn.execute("UPDATE usage_checkpoint SET watermark = greatest(watermark, $1)", watermark)
+
+
+async def checkpoint_watermark(conn: asyncpg.Connection) -> int:
+    value: int = await conn.fetchval("SELECT watermark FROM usage_checkpoint")
+    return value
+
+
+async def records_after(
+    conn: asyncpg.Connection, seq: int, prefetch: int = 50_000
+) -> AsyncIterator[ReplayRow]:
+    """The records committed after `seq`, in commit order, streamed."""
+    async with conn.transaction():
+        async for row in conn.cursor(
+            "SELECT iccid, usage_type, quantity, rated_quantity, event_time, period, seq"
+            " FROM usage_records WHERE seq > $1 ORDER BY seq",
+            seq,
+            prefetch=prefetch,
+        ):
+            yield tuple(row)  # type: ignore[misc]
 
 
 async def fold_settled_usage(conn: asyncpg.Connection, account_id: str, period: str) -> None:
@@ -408,12 +454,13 @@ async def period_aggregates(
     return [(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5], row[6]) for row in rows]
 
 
-async def uncharged_rows(conn: asyncpg.Connection) -> list[UnchargedRow]:
+async def uncharged_rows(conn: asyncpg.Connection) -> list[tuple[UnchargedRow, int]]:
+    """Every stored uncharged record, with its seq."""
     rows = await conn.fetch(
-        "SELECT iccid, event_time, usage_type, quantity, rated_quantity, period"
+        "SELECT iccid, event_time, usage_type, quantity, rated_quantity, period, seq"
         " FROM usage_uncharged ORDER BY iccid, event_time"
     )
-    return [tuple(row) for row in rows]  # type: ignore[misc]
+    return [(tuple(row[:6]), row[6]) for row in rows]  # type: ignore[misc]
 
 
 async def settled_usage(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:

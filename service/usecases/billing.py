@@ -182,7 +182,13 @@ class Billing:
         try:
             async with repository.transaction(self._pool) as conn:
                 stored, created = await repository.insert_invoice(conn, computed)
-                if created:  # the period's raw totals join the SIMs' settled totals
+                if created:
+                    # The period's counters as invoiced (every committed record is counted
+                    # inside the state lock), final; their raw totals join the SIMs'.
+                    rows = self._cache.usage_rows(
+                        self._cache.sims_by_account.get(account.account_id, ()), period.name
+                    )
+                    await repository.write_aggregates(conn, rows, repository.SETTLED_SEQ)
                     await repository.fold_settled_usage(conn, account.account_id, period.name)
                 return stored, created
         except asyncpg.PostgresError as exc:

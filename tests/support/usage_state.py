@@ -133,3 +133,31 @@ def open_part(state: UsageState, cache: StateCache) -> UsageState:
     part.uncharged = state.uncharged
     part.settled_raw = {key: raw for key, raw in state.settled_raw.items()}
     return part
+
+
+SETTLED_SEQ = 2**63 - 1
+
+
+async def check_checkpoint(conn: asyncpg.Connection) -> int:
+    """The stored checkpoint is exact as of its seqs, whatever instant it was left at: each
+    row of an open period holds the raw quantity and record count of the records with seq <=
+    the row's seq <= the watermark, and every SIM-period-type with records up to the
+    watermark has a row. Returns the watermark."""
+    watermark: int = await conn.fetchval("SELECT watermark FROM usage_checkpoint")
+    rows = {
+        (row["period"], row["iccid"], row["usage_type"]): row
+        for row in await conn.fetch("SELECT * FROM usage_aggregates")
+    }
+    by_key: defaultdict[Key, list[tuple[int, int]]] = defaultdict(list)  # (seq, quantity)
+    for r in await conn.fetch("SELECT period, iccid, usage_type, quantity, seq FROM usage_records"):
+        by_key[(r["period"], r["iccid"], r["usage_type"])].append((r["seq"], r["quantity"]))
+    for key, row in rows.items():
+        if row["seq"] == SETTLED_SEQ:
+            continue
+        assert row["seq"] <= watermark, key
+        upto = [quantity for seq, quantity in by_key[key] if seq <= row["seq"]]
+        assert (int(row["raw_quantity"]), row["records"]) == (sum(upto), len(upto)), key
+    for key, records in by_key.items():
+        if min(seq for seq, _ in records) <= watermark:
+            assert key in rows, key
+    return watermark
