@@ -99,6 +99,10 @@ def commit_figures(metrics: Metrics) -> dict[str, float]:
         "group_commits": commits,
         "mean_records_per_commit": round(records / commits, 1) if commits else 0.0,
         "group_seconds_sum": round(sample("rating_persist_batch_seconds_sum") or 0.0, 2),
+        # Usage checkpoints (during the run if the interval allows, and the one at stop).
+        "checkpoints": sample("rating_checkpoints_total", {"result": "written"}) or 0.0,
+        "checkpoint_rows": sample("rating_checkpoint_rows_total") or 0.0,
+        "checkpoint_seconds_sum": round(sample("rating_checkpoint_seconds_sum") or 0.0, 3),
     }
 
 

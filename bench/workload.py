@@ -9,6 +9,7 @@ Record k goes to batch k // batch; batch b to stream b % streams.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,6 +127,9 @@ def service_settings(database_url: str, **overrides: Any) -> Settings:
         "test_clock": True,
         "clock_start": CLOCK_START,
     }
+    interval = os.environ.get("RATING_BENCH_CHECKPOINT_INTERVAL_S")
+    if interval:  # usage checkpoints inside a short timed window (the default is 30 s)
+        fields["checkpoint_interval_s"] = float(interval)
     return Settings(**(fields | overrides))
 
 

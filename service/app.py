@@ -1,15 +1,16 @@
 """Wiring: database, cache, workers and the gRPC server, started and stopped in order.
 
-Start: database (embedded if no URL) -> migrations -> cache load -> workers -> gRPC
-server -> health SERVING.
+Start: database (embedded if no URL) -> migrations -> cache load (the last usage checkpoint
+and a replay of the records after it) -> workers -> gRPC server -> health SERVING.
 
 Stop, all within `shutdown_grace_s`: health NOT_SERVING and streams stop reading ->
 server.stop(grace): no new calls; in-flight calls finish while the persister keeps
 committing, so every batch already received (a unary call's, or one a stream read) is
 committed and acknowledged, and each stream then ends UNAVAILABLE -> the persister
 commits what is still queued and counts its last group, then returns -> the other
-workers are cancelled -> pool closed with a deadline. What was not committed by then was
-not acknowledged: the client resends it (record ids make that safe).
+workers are cancelled -> a last usage checkpoint -> pool closed with a deadline. What
+was not committed by then was not acknowledged: the client resends it (record ids make
+that safe).
 
 A worker that crashes stops the service the same way; its cause is logged once and the
 process exits with EXIT_WORKER_CRASHED.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
@@ -50,6 +52,8 @@ from service.api.clock import ClockServicer
 from service.api.interceptor import ObservabilityInterceptor
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
+from service.domain.activation import is_charged
+from service.domain.errors import StorageUnavailable
 from service.domain.model import Sim
 from service.ingestion.engine import UsageEngine
 from service.ops.clock import Clock, SystemClock, TestClock
@@ -63,6 +67,7 @@ from service.usecases.billing import Billing
 from service.usecases.catalog import Catalog
 from service.usecases.provisioning import Provisioning
 from workers.activation import ActivationWorker
+from workers.checkpoint import CheckpointWorker
 from workers.persister import Persister
 from workers.settlement import SettlementWorker
 
@@ -98,6 +103,7 @@ class Application:
         self._metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._persister_task: asyncio.Task[None] | None = None
+        self._committed_seq = 0  # usage_records.seq of the last record loaded at start
         self._rating: RatingServicer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -139,12 +145,22 @@ class Application:
             state_lock,
             max_queued_batches=self.settings.persist_queue_batches,
             max_records_per_commit=self.settings.persist_max_records_per_commit,
+            committed_seq=self._committed_seq,
         )
         # Whoever takes the state lock first counts what the persister committed but has
         # not counted yet (see StateLock): inside the lock, the cache holds every record.
         state_lock.set_catch_up(self.persister.count_all_pending)
         self.metrics.persist_queue_capacity.set(self.settings.persist_queue_batches)
         self._persister_task = self.spawn("persister", self.persister.run())
+        self.checkpoint = CheckpointWorker(
+            self.pool,
+            self.cache,
+            self.persister,
+            state_lock,
+            self.metrics,
+            interval_s=self.settings.checkpoint_interval_s,
+        )
+        self.spawn("checkpoint", self.checkpoint.run())
         if isinstance(self.clock, TestClock):
             self.clock.subscribe(self.activation.run_once)
         else:
@@ -172,6 +188,7 @@ class Application:
         )
 
     async def _load_cache(self) -> None:
+        started = time.perf_counter()
         async with self.pool.acquire() as conn:
             for plan in await repository.load_plans(conn):
                 self.cache.put_plan(plan)
@@ -179,21 +196,88 @@ class Application:
                 self.cache.put_account(account)
             self.cache.put_sims(await repository.load_sims(conn))
             self.cache.add_settled(await repository.settled_periods(conn))
-            records = 0
-            batch: list[tuple[str, int, int, int, datetime, str]] = []
-            async for row in repository.usage_rows(conn):
-                batch.append(row)
-                if len(batch) >= 50_000:
-                    records += self.engine.rebuild(batch)
-                    batch.clear()
-            records += self.engine.rebuild(batch)
+            sim_periods, replayed = await self._load_usage(conn)
         log.info(
             "cache loaded",
             plans=len(self.cache.plans),
             accounts=len(self.cache.accounts),
             sims=len(self.cache.sims),
-            usage_records=records,
+            sim_periods=sim_periods,
+            replayed_records=replayed,
+            committed_seq=self._committed_seq,
+            seconds=round(time.perf_counter() - started, 3),
         )
+
+    async def _load_usage(self, conn: asyncpg.Connection) -> tuple[int, int]:
+        """The last checkpoint's usage state of OPEN account-periods (no invoice), the
+        uncharged records and settled raw totals, then the records committed after the
+        checkpoint replayed (docs/storage.md). Returns (SIM-periods loaded, records
+        replayed). Settled periods are never read: their SIMs' totals are in
+        sim_settled_usage."""
+        cache, loaded = self.cache, 0
+        watermark = await repository.checkpoint_watermark(conn)
+        with_sims = [a for a in cache.accounts if cache.account_has_sims(a)]
+        for period in await repository.aggregate_periods(conn):
+            open_accounts = [a for a in with_sims if (a, period) not in cache.settled]
+            if open_accounts:
+                rows = await repository.period_aggregates(conn, period, open_accounts)
+                loaded += cache.restore_period(period, rows)
+        cache.restore_uncharged(
+            self._uncharged_at(watermark, await repository.uncharged_rows(conn))
+        )
+        cache.restore_settled_raw(await repository.settled_usage(conn))
+        self.engine.charge_restored_uncharged()
+        replayed, self._committed_seq = await self._replay(conn, watermark)
+        self.metrics.cache_loaded_sim_periods.set(loaded)
+        self.metrics.cache_replayed_records.set(replayed)
+        return loaded, replayed
+
+    def _uncharged_at(
+        self, watermark: int, rows: list[tuple[repository.UnchargedRow, int]]
+    ) -> list[repository.UnchargedRow]:
+        """The stored uncharged records as the checkpoint's state holds them: those with
+        seq <= watermark (the replay adds the later ones of open periods again), and those
+        of settled periods the current billing start does not charge (a settled period's
+        stored counters already hold the charged ones, and its records are not replayed)."""
+        cache, kept = self.cache, []
+        for row, seq in rows:
+            sim = cache.sims.get(row[0])
+            if sim is None:
+                continue
+            if (sim.account_id, row[5]) in cache.settled:
+                if not is_charged(row[1], sim.billing_started_at):
+                    kept.append(row)
+            elif seq <= watermark:
+                kept.append(row)
+        return kept
+
+    async def _replay(self, conn: asyncpg.Connection, watermark: int) -> tuple[int, int]:
+        """Count the records committed after `watermark` in open account-periods; returns
+        (records replayed, the last seq committed)."""
+        cache, last, replayed = self.cache, watermark, 0
+        sims, settled = cache.sims, cache.settled
+        batch: list[tuple[str, int, int, int, datetime, str]] = []
+        async for iccid, kind, quantity, rated, event_time, period, seq in repository.records_after(
+            conn, watermark
+        ):
+            last = seq
+            sim = sims.get(iccid)
+            if sim is None or (sim.account_id, period) in settled:
+                continue
+            batch.append((iccid, kind, quantity, rated, event_time, period))
+            if len(batch) >= 50_000:
+                replayed += self.engine.replay(batch)
+                batch.clear()
+        replayed += self.engine.replay(batch)
+        return replayed, last
+
+    async def _last_checkpoint(self, seconds: float) -> None:
+        """The counters as the drained persister left them, so the next start replays
+        nothing; if it cannot be written, the next start replays more."""
+        try:
+            await asyncio.wait_for(self.checkpoint.run_once(), seconds)
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("last checkpoint not written; the next start replays", error=repr(exc))
 
     def _watch_pool(self, pool: asyncpg.Pool) -> None:
         """The pool gauges, read at scrape time (asyncpg counts them; nothing per call)."""
@@ -342,6 +426,8 @@ class Application:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._persister_task is not None:
+            await self._last_checkpoint(max(1.0, deadline - loop.time()))
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -86,6 +86,7 @@ from tests.support import T0, Stubs
 from tests.support.fuzz.checks import (
     check_state,
     check_still_serving,
+    check_usage_state,
     code_of,
     known_good_tour,
     report,
@@ -148,6 +149,7 @@ async def fuzz_every_rpc(start_app: AppFactory, fuzz_seed: int) -> None:
     for method in methods:
         assert fuzzer.model.codes[method.name].total() >= MIN_CALLS, method.name
     await check_state(fuzzer, stubs)
+    await check_usage_state(app)
     await check_still_serving(stubs, fuzzer.model)
     handled = app.metrics.registry.get_sample_value
     for method in methods:

@@ -13,7 +13,7 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.domain.iccid import make_iccid
 from service.domain.model import BillingStartReason, Sim, SimState, UsageType
-from service.domain.rating import rated_quantity
+from service.domain.pricing import rated_quantity
 from service.ingestion.records import Candidate
 from service.ops.metrics import Metrics
 from service.storage import database, repository
@@ -54,7 +54,7 @@ async def test_concurrent_migrations_apply_each_file_once(server_url: str) -> No
 _BEFORE_PARTITIONING = 3  # the last migration before 0004
 _USAGE_SELECT = (
     "SELECT record_id, iccid, usage_type, quantity, rated_quantity, event_time, session_id,"
-    " period, received_at FROM usage_records ORDER BY record_id"
+    " period, received_at, seq FROM usage_records ORDER BY record_id"
 )
 
 
@@ -138,6 +138,7 @@ async def test_partitioning_keeps_every_record_once_and_ingestion_works(
                 assert await _index_columns(conn) == {
                     ("record_id", "period"),
                     ("iccid", "event_time"),
+                    ("seq",),
                 }
                 assert not await conn.fetchval(
                     "SELECT to_regclass('usage_records_unpartitioned') IS NOT NULL"

@@ -411,7 +411,7 @@ def repeated_ids(active: str, ended: str) -> list[t.UsageRecord]:
         record("p", active, 4, when=DECEMBER),  # the same with a closed period
         record("p", active, 1_000),
         record("q", active, 20),
-        record("q", active, 5, when=DECEMBER),
+        record("q", active, 5, when=DECEMBER),  # another period: its own key, refused
         record("q", active, 6),  # a good one after both: DUPLICATE
     ]
 
@@ -426,7 +426,7 @@ REPEATED_ID_STATUSES = [
     S.RECORD_STATUS_PERIOD_CLOSED,
     S.RECORD_STATUS_RATED,
     S.RECORD_STATUS_RATED,
-    S.RECORD_STATUS_DUPLICATE,
+    S.RECORD_STATUS_PERIOD_CLOSED,  # (q, 2025-12) was never stored: the key has the period
     S.RECORD_STATUS_DUPLICATE,
 ]
 
@@ -446,18 +446,23 @@ async def check_repeated_ids_stored(
     }
     assert await period_usage(stubs, active) == {t.USAGE_TYPE_DATA: 1_130}
     assert await period_usage(stubs, ended) == {}
-    # Stored before now: every copy of x, y, p, q is DUPLICATE; z, never stored, is refused.
+    # Stored before now: every January copy of x, y, p, q is DUPLICATE; z, never stored, is
+    # refused, and so are the December copies of p and q (their key, with the period, is not
+    # stored).
     again = await rate(stubs, *repeated_ids(active, ended))
     assert [x.status for x in again] == [
         *[S.RECORD_STATUS_DUPLICATE] * 4,
         S.RECORD_STATUS_AFTER_TERMINATION,
         S.RECORD_STATUS_AFTER_TERMINATION,
-        *[S.RECORD_STATUS_DUPLICATE] * 5,
+        S.RECORD_STATUS_PERIOD_CLOSED,
+        *[S.RECORD_STATUS_DUPLICATE] * 2,
+        S.RECORD_STATUS_PERIOD_CLOSED,
+        S.RECORD_STATUS_DUPLICATE,
     ]
     assert await period_usage(stubs, active) == {t.USAGE_TYPE_DATA: 1_130}
     metric = app.metrics.registry.get_sample_value
     assert metric("rating_usage_records_total", {"status": "RATED"}) == 4 + len(held)
-    assert metric("rating_usage_records_total", {"status": "DUPLICATE"}) == 3 + 9
+    assert metric("rating_usage_records_total", {"status": "DUPLICATE"}) == 2 + 7
 
 
 async def test_a_record_refused_in_a_batch_is_not_the_duplicate_of_a_later_one(

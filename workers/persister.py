@@ -3,7 +3,11 @@
 Callers `submit` a batch and wait for its results. The worker takes whatever batches are
 queued (up to a record bound), checks them against the cache, and commits all new records
 in ONE transaction (an id look-up, then one COPY), together with any billing start the
-records moved. Only after the commit does it count them in the cache and answer the
+records moved and the records before billing start of FIRST_USE SIMs (usage_uncharged).
+Each record gets the next `usage_records.seq`, so seq order is commit order; after the
+commit `committed_seq` is at least the seq of every committed record, the watermark the
+checkpoint worker takes (it writes the counters; the group commit does not, see
+docs/storage.md). Only after the commit does it count them in the cache and answer the
 callers, so an acknowledged record is always in PostgreSQL. If the commit fails because
 PostgreSQL is unavailable, every caller of the group gets `StorageUnavailable` and nothing
 is counted: retrying is safe because record ids are idempotency keys. A serialization
@@ -83,7 +87,7 @@ class Committed:
     group: list[Submission]
     checked: list[list[Checked]]
     new: list[Candidate]  # stored by this commit, in order
-    counted_closed: set[str]  # ids refused as closed that were stored before the group
+    counted_closed: set[tuple[str, str]]  # keys refused as closed, stored before the group
     repeated: set[int]  # identities of those refused as closed after a candidate of their id
     moved: dict[str, Sim]  # billing starts the group moved
     started: float  # perf_counter() when the group was taken
@@ -102,6 +106,7 @@ class Persister:
         *,
         max_queued_batches: int,
         max_records_per_commit: int,
+        committed_seq: int = 0,
     ) -> None:
         self._pool = pool
         self._engine = engine
@@ -114,9 +119,17 @@ class Persister:
         self._max_records = max_records_per_commit
         self.busy = False  # a group is being committed
         # New records of commits whose outcome is unknown, by record id (see module doc).
-        self._in_doubt: dict[str, Candidate] = {}
+        self._in_doubt: dict[tuple[str, str], Candidate] = {}
         self._pending: Committed | None = None  # committed, not fully counted yet
         self._partitions = UsagePartitions()
+        # Every committed record has seq <= this (usage_records.seq is in commit order);
+        # inside the state lock they are all counted in the cache.
+        self.committed_seq = committed_seq
+
+    @property
+    def in_doubt(self) -> int:
+        """Records of commits whose outcome is unknown (see the module doc)."""
+        return len(self._in_doubt)
 
     @property
     def uncounted(self) -> int:
@@ -204,24 +217,26 @@ class Persister:
             checked = [
                 s.checked if s.version == version else engine.check_all(s.records) for s in group
             ]
-            # The first candidate of each id; a later one in the group is a DUPLICATE. So is a
-            # record refused as closed after a candidate of its id (stored by then, by this
-            # group or before it); one refused before any is a DUPLICATE only if its id was
-            # stored before the group (`closed`, looked up before the insert).
-            first: dict[str, Candidate] = {}
-            closed: list[str] = []
+            # The first candidate of each key (record id, period); a later one in the group is
+            # a DUPLICATE. So is a record refused as closed after a candidate of its key
+            # (stored by then, by this group or before it); one refused before any is a
+            # DUPLICATE only if its key was stored before the group (`closed`, looked up
+            # before the insert).
+            first: dict[tuple[str, str], Candidate] = {}
+            closed: list[tuple[str, str]] = []
             repeated: set[int] = set()
             for items in checked:
                 for item in items:
                     if type(item) is Candidate:
-                        if item.record_id not in first:
-                            first[item.record_id] = item
+                        key = (item.record_id, item.period)
+                        if key not in first:
+                            first[key] = item
                     elif type(item) is UnlessCounted:
-                        record_id = item.refusal.record_id
-                        if record_id in first:
+                        key = (item.refusal.record_id, item.period)
+                        if key in first:
                             repeated.add(id(item))
                         else:
-                            closed.append(record_id)
+                            closed.append(key)
             counting = (
                 asyncio.ensure_future(self._count_pending_gradually())
                 if self._pending is not None
@@ -292,52 +307,63 @@ class Persister:
 
     async def _write(
         self,
-        first: dict[str, Candidate],
-        closed: list[str],
+        first: dict[tuple[str, str], Candidate],
+        closed: list[tuple[str, str]],
         counting: asyncio.Future[None] | None,
-    ) -> tuple[list[Candidate], set[str], dict[str, Sim]]:
+    ) -> tuple[list[Candidate], set[tuple[str, str]], dict[str, Sim]]:
         """Commit the new ones of `first` (candidates by id) with the billing starts they
         move; return them, the `closed` ids stored before this group, and the moved SIMs.
         `counting` (the previous group's) must end before billing starts are decided."""
         new: list[Candidate] = []
         committing = False
 
-        async def write(conn: asyncpg.Connection) -> tuple[set[str], dict[str, Sim]]:
+        async def write(
+            conn: asyncpg.Connection,
+        ) -> tuple[set[tuple[str, str]], dict[str, Sim], int]:
             nonlocal new, committing
             committing = False
             # Before the insert: a record stored by an in-doubt commit is not new now.
             recovered = await self._recover_in_doubt(conn)
             # Before the insert too: a closed id is counted only if stored BEFORE the group.
-            counted_closed = await repository.known_record_ids(conn, closed) if closed else set()
+            counted_closed = await repository.stored_keys(conn, closed) if closed else set()
             inserted = await repository.insert_usage(conn, list(first.values())) if first else []
             new = recovered + inserted if recovered else inserted
+            # At least the seq of every record counted once this commits (the in-doubt ones
+            # included): the watermark a checkpoint may take (workers.checkpoint).
+            seq = await repository.last_usage_seq(conn) if new else self.committed_seq
             if counting is not None:
                 await counting
             moved = self._engine.plan_starts(new)
             if moved:
                 await repository.update_sims(conn, moved.values())
+            # Only what this commit inserted: an in-doubt commit's records that were stored
+            # brought their uncharged ones with them.
+            uncharged = self._engine.uncharged_of(inserted, moved)
+            if uncharged:
+                await repository.insert_uncharged(conn, uncharged, seq)
             committing = True  # leaving the transaction sends COMMIT
-            return counted_closed, moved
+            return counted_closed, moved, seq
 
         try:
-            counted_closed, moved = await repository.retried(self._pool, write)
+            counted_closed, moved, seq = await repository.retried(self._pool, write)
         except StorageUnavailable:
             # Only a lost connection leaves the outcome of a COMMIT unknown; any error the
             # server answered means the transaction was rolled back.
             if committing:
-                self._in_doubt.update((c.record_id, c) for c in new)
+                self._in_doubt.update(((c.record_id, c.period), c) for c in new)
                 log.warning("group commit outcome unknown; records kept in doubt", records=len(new))
             raise
         self._in_doubt.clear()  # each one is now counted, or known not to be stored
+        self.committed_seq = seq
         return new, counted_closed, moved
 
     async def _recover_in_doubt(self, conn: asyncpg.Connection) -> list[Candidate]:
         if not self._in_doubt:
             return []
-        stored = await repository.stored_record_ids(conn, list(self._in_doubt.values()))
+        stored = await repository.stored_keys(conn, list(self._in_doubt))
         if stored:
             log.warning("counting records of a commit whose answer was lost", records=len(stored))
-        return [c for record_id, c in self._in_doubt.items() if record_id in stored]
+        return [c for key, c in self._in_doubt.items() if key in stored]
 
     def _fail(self, group: list[Submission], exc: StorageUnavailable) -> None:
         self._metrics.persist_failures.inc()
@@ -360,7 +386,7 @@ class Persister:
     def _answers(
         items: list[Checked],
         rated: dict[int, RecordResult],
-        counted: set[str],
+        counted: set[tuple[str, str]],
         repeated: set[int],
         by_status: dict[RecordStatus, int],
     ) -> list[RecordResult]:
@@ -379,7 +405,7 @@ class Persister:
                 result = RecordResult(item.record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
             elif type(item) is UnlessCounted:
                 record_id = item.refusal.record_id
-                if record_id in counted or id(item) in repeated:
+                if (record_id, item.period) in counted or id(item) in repeated:
                     result = RecordResult(record_id, RecordStatus.DUPLICATE, DUPLICATE_DETAIL)
                 else:
                     result = item.refusal

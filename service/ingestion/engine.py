@@ -16,7 +16,6 @@ Nothing here touches the database, so the cache only ever shows committed record
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -53,13 +52,13 @@ from service.ingestion.records import (
 )
 from service.ops.clock import Clock
 from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
+from service.storage.repository import UnchargedRow
 
 log = structlog.get_logger("usage")
 
 _FUTURE_DETAIL = (
     f"event_time more than {CLOCK_SKEW_TOLERANCE // timedelta(minutes=1)} minutes ahead"
 )
-REBUILD_CHUNK = 10_000  # records recounted at a time at start
 
 
 class PeriodLookup:
@@ -148,6 +147,10 @@ class UsageEngine:
                     )
                 )
                 continue
+            account = accounts[sim.account_id]
+            if account is not last_account or not period_start <= event_time < period_end:
+                period_start, period_end, period = find_period(account, event_time)
+                last_account = account
             if sim.terminated_at is not None and event_time >= sim.terminated_at:
                 append(
                     UnlessCounted(
@@ -155,20 +158,18 @@ class UsageEngine:
                             record_id,
                             RecordStatus.AFTER_TERMINATION,
                             "event_time at or after terminated_at",
-                        )
+                        ),
+                        period,
                     )
                 )
                 continue
-            account = accounts[sim.account_id]
-            if account is not last_account or not period_start <= event_time < period_end:
-                period_start, period_end, period = find_period(account, event_time)
-                last_account = account
             if settled and (sim.account_id, period) in settled:
                 append(
                     UnlessCounted(
                         RecordResult(
                             record_id, RecordStatus.PERIOD_CLOSED, f"period {period} is settled"
-                        )
+                        ),
+                        period,
                     )
                 )
                 continue
@@ -251,6 +252,23 @@ class UsageEngine:
             period = next_period(period, account.timezone, account.billing_day)
         return False
 
+    def uncharged_of(
+        self, candidates: Iterable[Candidate], started: dict[str, Sim]
+    ) -> list[UnchargedRow]:
+        """The new records `count` will keep as uncharged (with the `started` billing starts
+        installed): those before billing start of SIMs on FIRST_USE plans."""
+        sims, first_use_plans = self._cache.sims, self._cache.first_use_plans
+        if not first_use_plans:
+            return []
+        uncharged: list[UnchargedRow] = []
+        for _, iccid, usage_type, quantity, rated, event_time, _, period in candidates:
+            sim = (started.get(iccid) if started else None) or sims[iccid]
+            if sim.plan_id in first_use_plans and not is_charged(
+                event_time, sim.billing_started_at
+            ):
+                uncharged.append((iccid, event_time, usage_type, quantity, rated, period))
+        return uncharged
+
     # --- 3. apply after commit -------------------------------------------------------------------
 
     def apply(self, candidates: Sequence[Candidate], started: dict[str, Sim]) -> list[RecordResult]:
@@ -269,6 +287,12 @@ class UsageEngine:
 
     def install_start(self, sim: Sim) -> None:
         """Install a new (earlier) billing start: uncharged records from it on become charged."""
+        self._charge_from_start(sim)
+        self._cache.new_starts.add(sim.iccid)
+        self._cache.put_sims([sim])
+
+    def _charge_from_start(self, sim: Sim) -> int:
+        """Charge the SIM's uncharged records at or after its billing start; how many."""
         usage = self._cache.usage_for_update(sim.iccid)
         plan = self._cache.plans[sim.plan_id]
         start = sim.billing_started_at
@@ -286,8 +310,11 @@ class UsageEngine:
                 )
             else:
                 still_uncharged.append(record)
-        usage.uncharged = still_uncharged
-        self._cache.put_sims([sim])
+        charged = len(usage.uncharged) - len(still_uncharged)
+        if charged:
+            usage.uncharged = still_uncharged
+            self._cache.dirty.add(sim.iccid)
+        return charged
 
     def _count(
         self, candidates: Iterable[Candidate], started: dict[str, Sim], *, estimate: bool
@@ -295,6 +322,7 @@ class UsageEngine:
         # The ingestion hot path: one loop for the group, every lookup done once, inline.
         cache = self._cache
         sims, plans, usage_by_sim, pool_used = cache.sims, cache.plans, cache.usage, cache.pool_used
+        mark_dirty = cache.dirty.add  # for the next checkpoint
         first_use, first_use_start = ActivationMode.FIRST_USE, BillingStartReason.FIRST_USE
         new = tuple.__new__
         last_plan: Plan | None = None
@@ -306,6 +334,7 @@ class UsageEngine:
             usage = usage_by_sim.get(iccid)
             if usage is None:
                 usage = usage_by_sim[iccid] = SimUsage(sims[iccid])
+            mark_dirty(iccid)
             sim: Sim = usage.sim  # type: ignore[assignment]  # set in every stored SimUsage
             plan = plans[sim.plan_id]
             if plan is not last_plan or usage_type is not last_type:
@@ -370,16 +399,27 @@ class UsageEngine:
 
     # --- restart -------------------------------------------------------------------------------
 
-    def rebuild(self, rows: Iterable[tuple[str, int, int, int, datetime, str]]) -> int:
-        """Recount committed records (iccid, usage_type, quantity, rated, event_time, period)."""
-        sims, kinds = self._cache.sims, USAGE_TYPES_BY_VALUE
-        candidates = (
+    def charge_restored_uncharged(self) -> int:
+        """At start, after the checkpoint's state is loaded: the loaded uncharged records
+        that the SIMs' current billing starts charge become charged (a start only moves
+        earlier, so installing the current one again is exact). Returns how many."""
+        charged = 0
+        for iccid, usage in self._cache.usage.items():
+            sim = self._cache.sims[iccid]
+            if usage.uncharged and sim.billing_started_at is not None:
+                if count := self._charge_from_start(sim):
+                    self._cache.new_starts.add(iccid)
+                    charged += count
+        return charged
+
+    def replay(self, rows: Iterable[tuple[str, int, int, int, datetime, str]]) -> int:
+        """Count committed records (iccid, usage_type, quantity, rated, event_time, period)
+        with the SIMs' current billing starts, as the counting after their commit did.
+        Returns how many."""
+        kinds = USAGE_TYPES_BY_VALUE
+        candidates = [
             Candidate("", iccid, kinds[kind], quantity, rated, event_time, "", period)
             for iccid, kind, quantity, rated, event_time, period in rows
-            if iccid in sims
-        )
-        count = 0
-        while chunk := list(itertools.islice(candidates, REBUILD_CHUNK)):
-            self._count(chunk, {}, estimate=False)
-            count += len(chunk)
-        return count
+        ]
+        self._count(candidates, {}, estimate=False)
+        return len(candidates)

@@ -65,11 +65,13 @@ class Candidate(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class UnlessCounted:
     """A record refused because of what happened since it may have been counted (its period
-    was settled, its SIM terminated): DUPLICATE if its id was counted before it (stored
-    before its group, or by a record before it in the group), else `refusal`. Ids are the
-    idempotency key forever, so a retry never gets a different answer."""
+    was settled, its SIM terminated): DUPLICATE if its id was counted before it in its
+    period (stored before its group, or by a record before it in the group), else
+    `refusal`. (record id, period) is the idempotency key (docs/storage.md), so a retry
+    never gets a different answer."""
 
     refusal: RecordResult
+    period: str  # the account period of the record's event_time
 
 
 Checked = Candidate | UnlessCounted | RecordResult

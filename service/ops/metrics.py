@@ -150,6 +150,38 @@ class Metrics:
             " settlement worker's last run.",
             registry=r,
         )
+        self.cache_loaded_sim_periods = Gauge(
+            "rating_cache_loaded_sim_periods",
+            "SIM-periods of open account-periods loaded from PostgreSQL at start.",
+            registry=r,
+        )
+        self.cache_replayed_records = Gauge(
+            "rating_cache_replayed_records",
+            "Usage records committed after the last checkpoint, replayed at start.",
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "rating_checkpoints_total",
+            "Usage checkpoints by result (written, skipped: records in doubt, failed).",
+            ("result",),
+            registry=r,
+        )
+        self.checkpoint_rows = Counter(
+            "rating_checkpoint_rows_total",
+            "Usage aggregate rows (period, SIM, usage type) written by checkpoints.",
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "rating_checkpoint_seconds",
+            "Time to take and write one usage checkpoint.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_watermark = Gauge(
+            "rating_checkpoint_watermark",
+            "Commit sequence number of the last usage checkpoint written.",
+            registry=r,
+        )
         # Sizes, read at scrape time (set_function, attached by the wiring).
         self.cache_entries = Gauge(
             "rating_cache_entries",

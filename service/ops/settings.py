@@ -32,6 +32,7 @@ _SETTINGS: tuple[tuple[str, str | None, str], ...] = (
         "3",
         "periods before the current one whose usage records the archive keeps",
     ),
+    ("RATING_CHECKPOINT_INTERVAL_S", "30", "seconds between usage checkpoints"),
 )
 
 
@@ -52,6 +53,7 @@ class Settings:
     max_message_bytes: int = 8 * 1024 * 1024
     max_streams: int = 1000
     retention_periods: int = 3
+    checkpoint_interval_s: float = 30.0
     # Tuning, not in the environment: bounds that give backpressure.
     persist_queue_batches: int = 64
     persist_max_records_per_commit: int = 20_000
@@ -96,6 +98,7 @@ class Settings:
             max_message_bytes=_non_negative_int(raw, "RATING_MAX_MESSAGE_BYTES") or 1,
             max_streams=_non_negative_int(raw, "RATING_MAX_STREAMS"),
             retention_periods=parse_retention_periods(raw["RATING_RETENTION_PERIODS"]),
+            checkpoint_interval_s=_positive_seconds(raw, "RATING_CHECKPOINT_INTERVAL_S"),
         )
 
 
@@ -112,6 +115,16 @@ def _non_negative_int(raw: Mapping[str, str], name: str) -> int:
 def parse_retention_periods(value: str) -> int:
     """RATING_RETENTION_PERIODS: a non-negative integer (the archive command reads it too)."""
     return _non_negative_int({"RATING_RETENTION_PERIODS": value}, "RATING_RETENTION_PERIODS")
+
+
+def _positive_seconds(raw: Mapping[str, str], name: str) -> float:
+    try:
+        value = float(raw[name])
+    except ValueError as exc:
+        raise InvalidArgument(name, "must be a number of seconds") from exc
+    if not value > 0 or value == float("inf"):
+        raise InvalidArgument(name, "must be > 0 and finite")
+    return value
 
 
 def _path(raw: Mapping[str, str | None], name: str) -> Path | None:

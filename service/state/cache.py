@@ -14,6 +14,7 @@ from datetime import datetime
 
 from service.domain.errors import NotFound
 from service.domain.model import (
+    USAGE_TYPES_BY_VALUE,
     Account,
     ActivationMode,
     Plan,
@@ -68,11 +69,13 @@ class SimUsage:
     # The counters the SIM's last record went to, (period, usage type, counters): the next
     # record almost always goes there too, and ingestion finds them without two look-ups.
     last: tuple[str, UsageType, UsageCounters] | None = None
+    # Raw quantity per usage type of the SIM's settled periods (no longer in `periods`).
+    settled_raw: dict[UsageType, int] | None = None
 
     @property
     def lifetime_raw(self) -> dict[UsageType, int]:
-        """Raw quantity per usage type over the SIM's life (every period is kept)."""
-        totals: dict[UsageType, int] = {}
+        """Raw quantity per usage type over the SIM's life: settled and open periods."""
+        totals: dict[UsageType, int] = dict(self.settled_raw) if self.settled_raw else {}
         for by_type in self.periods.values():
             for usage_type, counters in by_type.items():
                 totals[usage_type] = totals.get(usage_type, 0) + counters.raw_quantity
@@ -115,6 +118,11 @@ class StateCache:
         self.version = 0
         # Called with (previous or None, new) after every SIM change is installed.
         self.sim_listeners: list[Callable[[Sim | None, Sim], None]] = []
+        # Since the last checkpoint (workers.checkpoint): the SIMs whose counters changed,
+        # and those whose billing start was installed (their stored uncharged records from
+        # it on are charged now).
+        self.dirty: set[str] = set()
+        self.new_starts: set[str] = set()
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -174,6 +182,37 @@ class StateCache:
             )
         return facts
 
+    def usage_rows(
+        self, iccids: Iterable[str], period: str | None = None
+    ) -> list[tuple[str, str, int, int, int, int, int, int]]:
+        """The counters of the SIMs' periods in memory (of `period` only, if given) as rows
+        (period, iccid, usage type value, raw, charged raw, charged rated, records,
+        charged records): what usage_aggregates stores."""
+        rows = []
+        usage_by_sim = self.usage
+        for iccid in iccids:
+            usage = usage_by_sim.get(iccid)
+            if usage is None:
+                continue
+            periods = usage.periods
+            if period is not None:
+                periods = {period: periods[period]} if period in periods else {}
+            for name, by_type in periods.items():
+                for usage_type, c in by_type.items():
+                    rows.append(
+                        (
+                            name,
+                            iccid,
+                            usage_type.value,
+                            c.raw_quantity,
+                            c.charged_raw_quantity,
+                            c.charged_rated_quantity,
+                            c.records,
+                            c.charged_records,
+                        )
+                    )
+        return rows
+
     def account_has_sims(self, account_id: str) -> bool:
         return bool(self.sims_by_account.get(account_id))
 
@@ -195,6 +234,68 @@ class StateCache:
         """(account_id, period) pairs that now have an invoice."""
         self.version += 1
         self.settled.update(periods)
+
+    def evict_period(self, account_id: str, period: str) -> int:
+        """Forget the counters of a settled account-period (its invoice is committed; they
+        stay in PostgreSQL): their raw quantities join the SIMs' `settled_raw`, its pooled
+        usage goes. Uncharged records stay (first-use detection sums them). Returns the
+        SIM-periods dropped."""
+        dropped = 0
+        for iccid in self.sims_by_account.get(account_id, ()):
+            usage = self.usage.get(iccid)
+            if usage is None:
+                continue
+            by_type = usage.periods.pop(period, None)
+            if by_type is None:
+                continue
+            dropped += 1
+            if usage.last is not None and usage.last[0] == period:
+                usage.last = None
+            settled = usage.settled_raw
+            if settled is None:
+                settled = usage.settled_raw = {}
+            for usage_type, counters in by_type.items():
+                settled[usage_type] = settled.get(usage_type, 0) + counters.raw_quantity
+        for key in [k for k in self.pool_used if k[0] == account_id and k[2] == period]:
+            del self.pool_used[key]
+        return dropped
+
+    def restore_period(
+        self, period: str, rows: Iterable[tuple[str, int, int, int, int, int, int]]
+    ) -> int:
+        """Install stored aggregates of one period (iccid, usage_type, raw, charged raw,
+        charged rated, records, charged records), with the pooled usage they imply."""
+        kinds, count = USAGE_TYPES_BY_VALUE, 0
+        for iccid, kind, raw, charged_raw, charged_rated, records, charged_records in rows:
+            sim = self.sims.get(iccid)
+            if sim is None:
+                continue
+            usage_type = kinds[kind]
+            self.usage_for_update(iccid).periods.setdefault(period, {})[usage_type] = UsageCounters(
+                raw, charged_rated, charged_raw, records, charged_records
+            )
+            rate = self.plans[sim.plan_id].rate_for(usage_type)
+            if rate is not None and rate.pooled and charged_rated:
+                self.pool_used[(sim.account_id, sim.plan_id, period, usage_type)] += charged_rated
+            count += 1
+        return count
+
+    def restore_uncharged(self, rows: Iterable[tuple[str, datetime, int, int, int, str]]) -> None:
+        kinds = USAGE_TYPES_BY_VALUE
+        for iccid, event_time, kind, quantity, rated, period in rows:
+            if iccid in self.sims:
+                self.usage_for_update(iccid).uncharged.append(
+                    UnchargedRecord(event_time, kinds[kind], quantity, rated, period)
+                )
+
+    def restore_settled_raw(self, rows: Iterable[tuple[str, int, int]]) -> None:
+        kinds = USAGE_TYPES_BY_VALUE
+        for iccid, kind, raw in rows:
+            if iccid in self.sims:
+                usage = self.usage_for_update(iccid)
+                if usage.settled_raw is None:
+                    usage.settled_raw = {}
+                usage.settled_raw[kinds[kind]] = raw
 
     def put_sims(self, sims: Iterable[Sim]) -> None:
         self.version += 1

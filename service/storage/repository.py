@@ -18,7 +18,6 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -364,38 +363,44 @@ class UsageRow(Protocol):
 
 
 Row = TypeVar("Row", bound=UsageRow)
-_period, _record_id = attrgetter("period"), attrgetter("record_id")
 
 
 async def insert_usage(conn: asyncpg.Connection, candidates: list[Row]) -> list[Row]:
     """Insert the rows whose id is new in their period and return them, in order.
 
-    `candidates` have distinct ids. The ids already stored are looked up first and the rest
-    go in with one COPY: cheaper than INSERT ... ON CONFLICT for the large groups the
-    persister commits. The persister is the only writer of usage_records, so nothing can
-    slip in between; if something did, the COPY's unique violation fails the whole
-    transaction. The partitions of the rows' periods must exist (UsagePartitions.ensure).
+    `candidates` have distinct (id, period) keys. The keys already stored are looked up
+    first and the rest go in with one COPY: cheaper than INSERT ... ON CONFLICT for the
+    large groups the persister commits. The persister is the only writer of usage_records,
+    so nothing can slip in between; if something did, the COPY's unique violation fails the
+    whole transaction. The partitions of the rows' periods must exist (UsagePartitions.ensure).
     """
-    seen = await stored_record_ids(conn, candidates)
-    rows = [c for c in candidates if c.record_id not in seen] if seen else candidates
+    seen = await stored_keys(conn, [(c.record_id, c.period) for c in candidates])
+    rows = [c for c in candidates if (c.record_id, c.period) not in seen] if seen else candidates
     if rows:
         await copy_records(conn, "usage_records", rows, USAGE_COLUMNS)
     return rows
 
 
-async def stored_record_ids(conn: asyncpg.Connection, rows: Sequence[UsageRow]) -> set[str]:
-    """The ids of `rows` that are stored in the row's own period: the idempotency horizon
-    of a record is its period (docs/storage.md). One query per period, each pruned to that
-    period's partition, so the look-up never touches the indexes of other periods."""
-    periods = set(map(_period, rows))
+async def stored_keys(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """The (record id, period) keys of `keys` that are stored: the idempotency key of a
+    record is its id within its period (docs/storage.md). One query per period, each pruned
+    to that period's partition, so the look-up never touches the indexes of other periods.
+
+    The ids travel as one text, newline-separated, split by the server: record ids are
+    printable (a newline never occurs in one), and one text is far cheaper to encode than
+    an array of tens of thousands of elements.
+    """
+    periods = {period for _, period in keys}
     by_period: dict[str, list[str]]
     if len(periods) == 1:  # the usual group: one look-up, no grouping
-        by_period = {periods.pop(): list(map(_record_id, rows))}
+        by_period = {periods.pop(): [record_id for record_id, _ in keys]}
     else:
         by_period = {period: [] for period in periods}
-        for row in rows:
-            by_period[row.period].append(row.record_id)
-    seen: set[str] = set()
+        for record_id, period in keys:
+            by_period[period].append(record_id)
+    seen: set[tuple[str, str]] = set()
     for period, record_ids in by_period.items():
         found = await conn.fetch(
             "SELECT record_id FROM usage_records WHERE period = $1"
@@ -403,38 +408,181 @@ async def stored_record_ids(conn: asyncpg.Connection, rows: Sequence[UsageRow]) 
             period,
             "\n".join(record_ids),
         )
-        seen.update(row[0] for row in found)
+        seen.update((row[0], period) for row in found)
     return seen
 
 
-async def known_record_ids(conn: asyncpg.Connection, record_ids: Sequence[str]) -> set[str]:
-    """The ids of `record_ids` that are stored in any period still in PostgreSQL (every
-    partition's index is probed): for records refused before a period is known to them
-    (PERIOD_CLOSED, AFTER_TERMINATION), which are answered DUPLICATE when their id is known.
+# --- usage state: aggregates, uncharged records, settled totals (docs/storage.md) ------------
 
-    The ids travel as one text, newline-separated, split by the server: record ids are
-    printable (a newline never occurs in one), and one text is far cheaper to encode than
-    an array of tens of thousands of elements.
-    """
-    rows = await conn.fetch(
-        "SELECT record_id FROM usage_records"
-        " WHERE record_id = ANY(string_to_array($1::text, E'\\n'))",
-        "\n".join(record_ids),
+# The seq of a settled period's aggregate rows: final, no checkpoint overwrites them.
+SETTLED_SEQ = 2**63 - 1
+# One SIM-period-type's counters: (period, iccid, usage_type, raw_quantity,
+# charged_raw_quantity, charged_rated_quantity, records, charged_records).
+AggregateRow = tuple[str, str, int, int, int, int, int, int]
+# A record before billing start of a SIM on a FIRST_USE plan:
+# (iccid, event_time, usage_type, quantity, rated_quantity, period).
+UnchargedRow = tuple[str, datetime, int, int, int, str]
+# A committed record to replay at start:
+# (iccid, usage_type, quantity, rated_quantity, event_time, period, seq).
+ReplayRow = tuple[str, int, int, int, datetime, str, int]
+
+_UNCHARGED_COLUMNS = (
+    "iccid",
+    "event_time",
+    "usage_type",
+    "quantity",
+    "rated_quantity",
+    "period",
+    "seq",
+)
+
+
+async def last_usage_seq(conn: asyncpg.Connection) -> int:
+    """The last commit sequence number handed out: at least the seq of every record this
+    transaction inserted or sees (the persister, the only writer, calls it in its group)."""
+    value: int = await conn.fetchval("SELECT last_value FROM usage_records_seq")
+    return value
+
+
+async def insert_uncharged(
+    conn: asyncpg.Connection, rows: Sequence[UnchargedRow], seq: int
+) -> None:
+    """Keep a group's records before billing start, with the group's seq."""
+    await conn.copy_records_to_table(
+        "usage_uncharged", records=[(*row, seq) for row in rows], columns=_UNCHARGED_COLUMNS
     )
-    return {row[0] for row in rows}
 
 
-async def usage_rows(
-    conn: asyncpg.Connection, prefetch: int = 50_000
-) -> AsyncIterator[tuple[str, int, int, int, datetime, str]]:
-    """Every committed record, streamed (for rebuilding the counters at start)."""
+async def write_aggregates(
+    conn: asyncpg.Connection, rows: Sequence[AggregateRow], seq: int
+) -> None:
+    """Store `rows` (their values, not deltas) as exact at `seq`, except over a row stored at
+    a higher seq (a settled period's, or a later checkpoint's). One COPY into a temporary
+    table, then one upsert from it."""
+    if not rows:
+        return
+    await conn.execute(
+        """CREATE TEMPORARY TABLE aggregate_rows (
+               period text, iccid text, usage_type int2, raw_quantity numeric,
+               charged_raw_quantity numeric, charged_rated_quantity numeric, records int8,
+               charged_records int8) ON COMMIT DROP"""
+    )
+    await conn.copy_records_to_table("aggregate_rows", records=rows)
+    await conn.execute(
+        """INSERT INTO usage_aggregates AS a
+           SELECT r.*, $1::int8 FROM aggregate_rows r
+           ON CONFLICT (period, iccid, usage_type) DO UPDATE SET
+               raw_quantity = EXCLUDED.raw_quantity,
+               charged_raw_quantity = EXCLUDED.charged_raw_quantity,
+               charged_rated_quantity = EXCLUDED.charged_rated_quantity,
+               records = EXCLUDED.records,
+               charged_records = EXCLUDED.charged_records,
+               seq = EXCLUDED.seq
+           WHERE a.seq <= EXCLUDED.seq""",
+        seq,
+    )
+
+
+async def write_checkpoint(
+    conn: asyncpg.Connection,
+    rows: Sequence[AggregateRow],
+    starts: Sequence[tuple[str, datetime]],
+    watermark: int,
+) -> None:
+    """One checkpoint, in the caller's transaction: the changed counters exact at
+    `watermark`; the stored uncharged records up to it that the billing starts (iccid,
+    start) installed since the last checkpoint charge; the watermark."""
+    await write_aggregates(conn, rows, watermark)
+    if starts:
+        await conn.execute(
+            """DELETE FROM usage_uncharged u
+               USING unnest($1::text[], $2::timestamptz[]) AS s(iccid, started_at)
+               WHERE u.iccid = s.iccid AND u.event_time >= s.started_at AND u.seq <= $3""",
+            [iccid for iccid, _ in starts],
+            [start for _, start in starts],
+            watermark,
+        )
+    await conn.execute("UPDATE usage_checkpoint SET watermark = greatest(watermark, $1)", watermark)
+
+
+async def checkpoint_watermark(conn: asyncpg.Connection) -> int:
+    value: int = await conn.fetchval("SELECT watermark FROM usage_checkpoint")
+    return value
+
+
+async def records_after(
+    conn: asyncpg.Connection, seq: int, prefetch: int = 50_000
+) -> AsyncIterator[ReplayRow]:
+    """The records committed after `seq`, in commit order, streamed."""
     async with conn.transaction():
         async for row in conn.cursor(
-            "SELECT iccid, usage_type, quantity, rated_quantity, event_time, period"
-            " FROM usage_records",
+            "SELECT iccid, usage_type, quantity, rated_quantity, event_time, period, seq"
+            " FROM usage_records WHERE seq > $1 ORDER BY seq",
+            seq,
             prefetch=prefetch,
         ):
             yield tuple(row)  # type: ignore[misc]
+
+
+async def fold_settled_usage(conn: asyncpg.Connection, account_id: str, period: str) -> None:
+    """Add the raw quantities of the account's settled `period` to sim_settled_usage; in the
+    transaction that stores its invoice."""
+    await conn.execute(
+        """INSERT INTO sim_settled_usage AS t (iccid, usage_type, raw_quantity)
+           SELECT a.iccid, a.usage_type, a.raw_quantity
+           FROM usage_aggregates a JOIN sims s ON s.iccid = a.iccid
+           WHERE a.period = $2 AND s.account_id = $1
+           ON CONFLICT (iccid, usage_type) DO UPDATE SET
+               raw_quantity = t.raw_quantity + EXCLUDED.raw_quantity""",
+        account_id,
+        period,
+    )
+
+
+async def aggregate_periods(conn: asyncpg.Connection) -> list[str]:
+    """The distinct periods of usage_aggregates: a walk down its primary key (one index
+    probe per period), not a scan of its rows."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE p AS (
+               (SELECT period FROM usage_aggregates ORDER BY period LIMIT 1)
+               UNION ALL
+               SELECT (SELECT a.period FROM usage_aggregates a WHERE a.period > p.period
+                       ORDER BY a.period LIMIT 1)
+               FROM p WHERE p.period IS NOT NULL)
+           SELECT period FROM p WHERE period IS NOT NULL"""
+    )
+    return [row[0] for row in rows]
+
+
+async def period_aggregates(
+    conn: asyncpg.Connection, period: str, account_ids: Sequence[str]
+) -> list[tuple[str, int, int, int, int, int, int]]:
+    """(iccid, usage_type, raw, charged raw, charged rated, records, charged records) of the
+    SIMs of `account_ids` in `period`."""
+    rows = await conn.fetch(
+        """SELECT a.iccid, a.usage_type, a.raw_quantity, a.charged_raw_quantity,
+                  a.charged_rated_quantity, a.records, a.charged_records
+           FROM usage_aggregates a JOIN sims s ON s.iccid = a.iccid
+           WHERE a.period = $1 AND s.account_id = ANY($2::text[])""",
+        period,
+        account_ids,
+    )
+    return [(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5], row[6]) for row in rows]
+
+
+async def uncharged_rows(conn: asyncpg.Connection) -> list[tuple[UnchargedRow, int]]:
+    """Every stored uncharged record, with its seq."""
+    rows = await conn.fetch(
+        "SELECT iccid, event_time, usage_type, quantity, rated_quantity, period, seq"
+        " FROM usage_uncharged ORDER BY iccid, event_time"
+    )
+    return [(tuple(row[:6]), row[6]) for row in rows]  # type: ignore[misc]
+
+
+async def settled_usage(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:
+    """(iccid, usage_type, raw quantity of its settled periods)."""
+    rows = await conn.fetch("SELECT iccid, usage_type, raw_quantity FROM sim_settled_usage")
+    return [(row[0], row[1], int(row[2])) for row in rows]
 
 
 async def settled_periods(conn: asyncpg.Connection) -> list[tuple[str, str]]:

@@ -125,6 +125,8 @@ class Billing:
                 )
                 raise
             self._cache.add_settled([key])
+            # Its counters leave memory (they are in PostgreSQL): memory holds open periods.
+            self._cache.evict_period(account.account_id, period.name)
         if not created:  # another instance committed first: its invoice is the invoice
             self._metrics.settlements.labels("already_settled").inc()
             return Settlement(stored, created=False)
@@ -179,9 +181,20 @@ class Billing:
         self, account: Account, period: Period, now: datetime
     ) -> tuple[Invoice, bool]:
         computed = self._compute(account, period, final=True, settled_at=now)
-        return await repository.retried(
-            self._pool, lambda conn: repository.insert_invoice(conn, computed)
-        )
+
+        async def store(conn: asyncpg.Connection) -> tuple[Invoice, bool]:
+            stored, created = await repository.insert_invoice(conn, computed)
+            if created:
+                # The period's counters as invoiced (every committed record is counted
+                # inside the state lock), final; their raw totals join the SIMs'.
+                rows = self._cache.usage_rows(
+                    self._cache.sims_by_account.get(account.account_id, ()), period.name
+                )
+                await repository.write_aggregates(conn, rows, repository.SETTLED_SEQ)
+                await repository.fold_settled_usage(conn, account.account_id, period.name)
+            return stored, created
+
+        return await repository.retried(self._pool, store)
 
     async def _stored(self, account_id: str, period_name: str) -> Invoice:
         async with repository.storage_errors(), self._pool.acquire() as conn:

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -91,12 +92,24 @@ class PrometheusServer:
 
     def _get(self, path: str, **params: str) -> Any:
         url = self.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        # 503 is Prometheus saying "not now" (a query it aborted or timed out, storage not
+        # ready yet on a loaded machine): asked again, a bounded number of times.
+        for attempt in range(20):
+            status = 200
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    body = response.read()
+            except urllib.error.HTTPError as exc:  # 400/422: a bad expression, with its error
+                status, body = exc.code, exc.read()
+            if status != 503 or attempt == 19:
+                break
+            time.sleep(0.25)
+        if not path.startswith("/api/"):
+            return body
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:  # 400/422: a bad expression, with its error
-            body = exc.read()
-        return json.loads(body) if path.startswith("/api/") else body
+            return json.loads(body)
+        except ValueError:
+            raise AssertionError(f"GET {path}: HTTP {status}, not JSON: {body[:300]!r}") from None
 
     async def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path>: the whole answer ({"status": ..., "data" or "error": ...})."""

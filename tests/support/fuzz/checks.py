@@ -32,6 +32,13 @@ from tests.support.fuzz.model import (
     every_method,
 )
 from tests.support.fuzz.strategies import build_account, setup_plan, timestamp
+from tests.support.usage_state import (
+    cache_state,
+    check_checkpoint,
+    expected_state,
+    open_part,
+    stored_state,
+)
 
 
 async def set_up(fuzzer: Fuzzer) -> None:
@@ -182,6 +189,20 @@ async def check_state(fuzzer: Fuzzer, stubs: Stubs) -> None:
             if quantity
         }
         assert shown == expected, (iccid, status.current_period)
+
+
+async def check_usage_state(app: Application) -> None:
+    """After a checkpoint, the stored aggregates, uncharged records and settled totals are
+    what the stored records imply, and memory holds exactly the open periods' part of
+    them."""
+    assert await app.checkpoint.run_once() is not None
+    async with app.state_lock:  # its catch-up counts what the persister committed last
+        memory = cache_state(app.cache)
+    async with app.pool.acquire() as conn:
+        assert await check_checkpoint(conn) == app.persister.committed_seq
+        stored = await stored_state(conn)
+        assert stored == await expected_state(conn)
+    assert memory == open_part(stored, app.cache)
 
 
 async def code_of(call: Any) -> grpc.StatusCode:

@@ -1,0 +1,135 @@
+"""The checkpoint worker: the in-memory usage counters written to PostgreSQL.
+
+The group commit stores the records, not the counters (docs/storage.md). Counting marks
+the SIMs whose counters change (`StateCache.dirty`, and `new_starts` for installed
+billing starts). Every `interval_s`, and once more at shutdown, a checkpoint:
+
+1. under the state lock (entering counts every committed group, so the cache holds every
+   record with seq <= the persister's `committed_seq`): copies the dirty SIMs' counters
+   and takes W = `committed_seq`; clears the marks. Skipped while the persister has
+   records in doubt (a commit whose outcome is unknown: they are not counted yet);
+2. outside the lock, in ONE transaction: the counters as values exact at W (a row stored
+   at a higher seq, a settled period's, is kept), the stored uncharged records up to W
+   that the installed billing starts charge are deleted, and the watermark becomes W.
+
+If the write fails, the SIMs are marked again: the next checkpoint writes fresher values.
+A start loads the checkpoint and replays the records with seq > W, so after `kill -9` at
+any instant (even during a checkpoint) the counters equal the stored records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from service.domain.errors import StorageUnavailable
+from service.ops.metrics import Metrics
+from service.state.cache import StateCache
+from service.state.lock import StateLock
+from service.storage import repository
+from workers.persister import Persister
+
+log = structlog.get_logger("checkpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    watermark: int
+    sims: set[str]  # the dirty SIMs whose counters `rows` holds
+    rows: list[repository.AggregateRow]
+    started: set[str]  # the SIMs whose billing start was installed
+    starts: list[tuple[str, datetime]]
+
+
+class CheckpointWorker:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cache: StateCache,
+        persister: Persister,
+        state_lock: StateLock,
+        metrics: Metrics,
+        *,
+        interval_s: float,
+    ) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._persister = persister
+        self._state_lock = state_lock
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._one_at_a_time = asyncio.Lock()  # the loop's and the shutdown's
+        self._written: int | None = None  # the watermark stored by the last checkpoint
+
+    async def run(self) -> None:
+        """Checkpoint every interval until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.run_once()
+            except StorageUnavailable as exc:
+                log.warning("checkpoint deferred: database unavailable", error=str(exc))
+
+    async def run_once(self) -> int | None:
+        """Write one checkpoint (nothing if nothing changed since the last one); its
+        watermark, or None if skipped (records in doubt)."""
+        async with self._one_at_a_time:
+            started = time.perf_counter()
+            async with self._state_lock:
+                if self._persister.in_doubt:
+                    self._metrics.checkpoints.labels("skipped").inc()
+                    log.info(
+                        "checkpoint skipped: records in doubt", records=self._persister.in_doubt
+                    )
+                    return None
+                snapshot = self._take()
+            if not snapshot.sims and not snapshot.started and snapshot.watermark == self._written:
+                return self._written  # nothing changed since the last one
+            locked = time.perf_counter() - started
+            try:
+                async with repository.transaction(self._pool) as conn:
+                    await repository.write_checkpoint(
+                        conn, snapshot.rows, snapshot.starts, snapshot.watermark
+                    )
+            except BaseException as exc:
+                self._cache.dirty |= snapshot.sims
+                self._cache.new_starts |= snapshot.started
+                self._metrics.checkpoints.labels("failed").inc()
+                if isinstance(exc, asyncpg.PostgresError):
+                    raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
+                raise
+            elapsed = time.perf_counter() - started
+            self._written = snapshot.watermark
+            self._metrics.checkpoints.labels("written").inc()
+            self._metrics.checkpoint_rows.inc(len(snapshot.rows))
+            self._metrics.checkpoint_seconds.observe(elapsed)
+            self._metrics.checkpoint_watermark.set(snapshot.watermark)
+            log.info(
+                "checkpoint written",
+                watermark=snapshot.watermark,
+                sims=len(snapshot.sims),
+                rows=len(snapshot.rows),
+                starts=len(snapshot.starts),
+                locked_seconds=round(locked, 4),
+                seconds=round(elapsed, 4),
+            )
+            return snapshot.watermark
+
+    def _take(self) -> Snapshot:
+        """Under the state lock: the marked SIMs' counters and the watermark; clears the marks."""
+        cache = self._cache
+        sims, started = cache.dirty, cache.new_starts
+        cache.dirty, cache.new_starts = set(), set()
+        starts = []
+        for iccid in started:
+            start = cache.sims[iccid].billing_started_at
+            if start is not None:
+                starts.append((iccid, start))
+        return Snapshot(
+            self._persister.committed_seq, sims, cache.usage_rows(sims), started, starts
+        )
