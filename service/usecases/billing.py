@@ -1,9 +1,13 @@
 """Billing use cases: bill previews, settling a period into an invoice, reading invoices.
 
-Settling computes the invoice from the cache (pure `compute_invoice`) and commits it in ONE
+Settling computes the invoice (pure `compute_invoice`) from the facts stored in
+PostgreSQL (`repository.period_facts`: SIMs, usage aggregates, the records after the
+last checkpoint) and commits it with the period's final aggregate rows in ONE
 transaction, all under the shared state lock: no usage record, billing start or
 termination of that period can be committed between computing the invoice and closing
-the period, and a crash leaves either the whole invoice or none. Once `cache.settled`
+the period, and a crash leaves either the whole invoice or none. The facts in memory
+must equal PostgreSQL's; a difference is a bug, logged as an error and counted
+(`rating_settlement_mismatches_total`). Previews of open periods use memory's. Once `cache.settled`
 holds the period, the persister answers its new records PERIOD_CLOSED.
 
 A preview of an open period is computed from what is known now (`final = false`); a
