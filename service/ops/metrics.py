@@ -138,6 +138,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.settlement_mismatches = Counter(
+            "rating_settlement_mismatches",
+            "Settlements whose facts in memory differed from those read from PostgreSQL (a"
+            " bug; the invoice is computed from PostgreSQL's).",
+            registry=r,
+        )
         self.invoice_amount = Counter(
             "rating_invoice_amount_micros",
             "Settled invoice amounts in micros, by currency and line kind.",

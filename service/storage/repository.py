@@ -25,12 +25,15 @@ import structlog
 
 from service.domain.errors import StorageUnavailable
 from service.domain.model import (
+    USAGE_TYPES_BY_VALUE,
     Account,
     BillingStartReason,
     Invoice,
     Plan,
     Sim,
+    SimPeriodFacts,
     SimState,
+    SimUsageFacts,
 )
 from service.storage import invoice_codec, plan_codec
 
@@ -537,6 +540,104 @@ async def fold_settled_usage(conn: asyncpg.Connection, account_id: str, period: 
         account_id,
         period,
     )
+
+
+# The facts of one account-period from the stored state alone, in ONE statement (one
+# snapshot: a checkpoint committing meanwhile cannot be seen in part). Per SIM of the
+# account and usage type, the sum of three parts:
+#   a: its usage_aggregates row, exact as of the row's seq;
+#   r: the records the row does not hold (seq after the watermark and after the row's seq;
+#      no row: after the watermark, every earlier record is in a row), charged when
+#      event_time >= the SIM's billing start;
+#   u: records the row holds as uncharged (usage_uncharged, seq <= the row's) that the
+#      SIM's billing start, moved earlier since the row was written, now charges.
+# A settled row (seq SETTLED_SEQ) is final: nothing is added to it. SIMs without usage come
+# out as one row with a NULL usage type. Ordered by ICCID, so it is read as a stream.
+_PERIOD_FACTS_SQL = """
+WITH s AS MATERIALIZED (
+    SELECT iccid, plan_id, billing_started_at, terminated_at FROM sims WHERE account_id = $1
+), a AS MATERIALIZED (
+    SELECT a.iccid, a.usage_type, a.raw_quantity, a.charged_raw_quantity,
+           a.charged_rated_quantity, a.records, a.charged_records, a.seq
+    FROM usage_aggregates a JOIN s USING (iccid) WHERE a.period = $2
+), parts AS (
+    SELECT iccid, usage_type, raw_quantity AS raw, charged_raw_quantity AS charged_raw,
+           charged_rated_quantity AS charged_rated, records, charged_records
+    FROM a
+    UNION ALL
+    SELECT r.iccid, r.usage_type, r.quantity,
+           CASE WHEN r.event_time >= s.billing_started_at THEN r.quantity ELSE 0 END,
+           CASE WHEN r.event_time >= s.billing_started_at THEN r.rated_quantity ELSE 0 END,
+           1,
+           CASE WHEN r.event_time >= s.billing_started_at THEN 1 ELSE 0 END
+    FROM usage_records r JOIN s USING (iccid)
+         LEFT JOIN a ON a.iccid = r.iccid AND a.usage_type = r.usage_type
+    WHERE r.period = $2 AND r.seq > (SELECT watermark FROM usage_checkpoint)
+          AND r.seq > coalesce(a.seq, 0)
+    UNION ALL
+    SELECT u.iccid, u.usage_type, 0, u.quantity, u.rated_quantity, 0, 1
+    FROM usage_uncharged u JOIN s USING (iccid)
+         JOIN a ON a.iccid = u.iccid AND a.usage_type = u.usage_type
+    WHERE u.period = $2 AND u.seq <= a.seq AND a.seq < $3
+          AND u.event_time >= s.billing_started_at
+)
+SELECT s.iccid, s.plan_id, s.billing_started_at, s.terminated_at, p.usage_type,
+       sum(p.raw), sum(p.charged_raw), sum(p.charged_rated), sum(p.records),
+       sum(p.charged_records)
+FROM s LEFT JOIN parts p USING (iccid)
+GROUP BY s.iccid, s.plan_id, s.billing_started_at, s.terminated_at, p.usage_type
+ORDER BY s.iccid, p.usage_type
+"""
+
+
+async def period_facts(
+    conn: asyncpg.Connection, account_id: str, period: str, prefetch: int = 50_000
+) -> list[SimPeriodFacts]:
+    """What settlement needs of every SIM of the account for `period`, from PostgreSQL
+    alone: the SIM rows, their usage_aggregates rows of the period, and the records and
+    billing starts committed since (see _PERIOD_FACTS_SQL). Exact between checkpoints:
+    the same facts `StateCache.period_facts` holds once every committed record is
+    counted. One statement, streamed."""
+    kinds = USAGE_TYPES_BY_VALUE
+    facts: list[SimPeriodFacts] = []
+    current: SimPeriodFacts | None = None
+    async with conn.transaction():  # a cursor needs one (a savepoint inside the caller's)
+        async for row in conn.cursor(
+            _PERIOD_FACTS_SQL, account_id, period, SETTLED_SEQ, prefetch=prefetch
+        ):
+            iccid = row[0]
+            if current is None or current.iccid != iccid:
+                current = SimPeriodFacts(
+                    iccid=iccid, plan_id=row[1], billing_started_at=row[2], terminated_at=row[3]
+                )
+                facts.append(current)
+            if row[4] is not None:
+                current.usage[kinds[row[4]]] = SimUsageFacts(
+                    raw_quantity=int(row[5]),
+                    charged_raw_quantity=int(row[6]),
+                    charged_rated_quantity=int(row[7]),
+                    records=int(row[8]),
+                    charged_records=int(row[9]),
+                )
+    return facts
+
+
+def facts_rows(period: str, facts: Iterable[SimPeriodFacts]) -> list[AggregateRow]:
+    """The usage_aggregates rows of `period` that hold `facts`."""
+    return [
+        (
+            period,
+            sim.iccid,
+            usage_type.value,
+            u.raw_quantity,
+            u.charged_raw_quantity,
+            u.charged_rated_quantity,
+            u.records,
+            u.charged_records,
+        )
+        for sim in facts
+        for usage_type, u in sim.usage.items()
+    ]
 
 
 async def aggregate_periods(conn: asyncpg.Connection) -> list[str]:

@@ -1,9 +1,13 @@
 """Billing use cases: bill previews, settling a period into an invoice, reading invoices.
 
-Settling computes the invoice from the cache (pure `compute_invoice`) and commits it in ONE
+Settling computes the invoice (pure `compute_invoice`) from the facts stored in
+PostgreSQL (`repository.period_facts`: SIMs, usage aggregates, the records after the
+last checkpoint) and commits it with the period's final aggregate rows in ONE
 transaction, all under the shared state lock: no usage record, billing start or
 termination of that period can be committed between computing the invoice and closing
-the period, and a crash leaves either the whole invoice or none. Once `cache.settled`
+the period, and a crash leaves either the whole invoice or none. The facts in memory
+must equal PostgreSQL's; a difference is a bug, logged as an error and counted
+(`rating_settlement_mismatches_total`). Previews of open periods use memory's. Once `cache.settled`
 holds the period, the persister answers its new records PERIOD_CLOSED.
 
 A preview of an open period is computed from what is known now (`final = false`); a
@@ -14,6 +18,7 @@ period can no longer change, so there is nothing else to preview.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +26,7 @@ import asyncpg
 import structlog
 
 from service.domain.errors import FailedPrecondition, InvalidArgument, NotFound, StorageUnavailable
-from service.domain.model import Account, Invoice, Period
+from service.domain.model import Account, Invoice, Period, Plan, SimPeriodFacts
 from service.domain.periods import period_containing, period_named
 from service.domain.settlement import compute_invoice
 from service.ops.clock import Clock
@@ -166,7 +171,8 @@ class Billing:
     def _compute(
         self, account: Account, period: Period, *, final: bool, settled_at: datetime | None = None
     ) -> Invoice:
-        invoice = compute_invoice(
+        """A preview: the invoice from the facts in memory."""
+        return _invoice(
             account,
             self._cache.plans,
             period,
@@ -174,27 +180,58 @@ class Billing:
             final=final,
             settled_at=settled_at,
         )
-        _check_int64(invoice)
-        return invoice
 
     async def _commit(
         self, account: Account, period: Period, now: datetime
     ) -> tuple[Invoice, bool]:
-        computed = self._compute(account, period, final=True, settled_at=now)
+        """Compute the invoice from PostgreSQL's facts, store it and the period's final
+        aggregate rows in one transaction; check the facts against memory's."""
+        plans = self._cache.plans
+        in_memory = self._cache.period_facts(account.account_id, period.name)
 
-        async def store(conn: asyncpg.Connection) -> tuple[Invoice, bool]:
+        async def store(
+            conn: asyncpg.Connection,
+        ) -> tuple[Invoice, bool, list[SimPeriodFacts]]:
+            # Inside the state lock: every committed record is in usage_records, none is
+            # being committed, so the stored state is complete (docs/settlement.md).
+            facts = await repository.period_facts(conn, account.account_id, period.name)
+            computed = _invoice(account, plans, period, facts, final=True, settled_at=now)
             stored, created = await repository.insert_invoice(conn, computed)
             if created:
-                # The period's counters as invoiced (every committed record is counted
-                # inside the state lock), final; their raw totals join the SIMs'.
-                rows = self._cache.usage_rows(
-                    self._cache.sims_by_account.get(account.account_id, ()), period.name
-                )
+                # The period's counters as invoiced, final; their raw totals join the SIMs'.
+                rows = repository.facts_rows(period.name, facts)
                 await repository.write_aggregates(conn, rows, repository.SETTLED_SEQ)
                 await repository.fold_settled_usage(conn, account.account_id, period.name)
-            return stored, created
+            return stored, created, facts
 
-        return await repository.retried(self._pool, store)
+        stored, created, facts = await repository.retried(self._pool, store)
+        if created:
+            self._check_memory(account, period, facts, in_memory)
+        return stored, created
+
+    def _check_memory(
+        self,
+        account: Account,
+        period: Period,
+        stored: Sequence[SimPeriodFacts],
+        in_memory: Sequence[SimPeriodFacts],
+    ) -> None:
+        """Memory's facts must equal PostgreSQL's: a difference is a bug in counting,
+        checkpointing or this read, reported loudly (the invoice is PostgreSQL's)."""
+        differing = facts_differ(stored, in_memory)
+        if not differing:
+            return
+        self._metrics.settlement_mismatches.inc()
+        log.error(
+            "settlement facts differ between memory and PostgreSQL; invoiced PostgreSQL's",
+            account_id=account.account_id,
+            period=period.name,
+            sims=len(differing),
+            first=[
+                {"iccid": iccid, "postgresql": repr(pg), "memory": repr(mem)}
+                for iccid, pg, mem in differing[:5]
+            ],
+        )
 
     async def _stored(self, account_id: str, period_name: str) -> Invoice:
         async with repository.storage_errors(), self._pool.acquire() as conn:
@@ -207,6 +244,35 @@ class Billing:
         invoice = await self._stored(account_id, period_name)
         self._metrics.settlements.labels("already_settled").inc()
         return Settlement(invoice, created=False)
+
+
+def _invoice(
+    account: Account,
+    plans: Mapping[str, Plan],
+    period: Period,
+    facts: Sequence[SimPeriodFacts],
+    *,
+    final: bool,
+    settled_at: datetime | None = None,
+) -> Invoice:
+    invoice = compute_invoice(account, plans, period, facts, final=final, settled_at=settled_at)
+    _check_int64(invoice)
+    return invoice
+
+
+def facts_differ(
+    stored: Sequence[SimPeriodFacts], in_memory: Sequence[SimPeriodFacts]
+) -> list[tuple[str, SimPeriodFacts | None, SimPeriodFacts | None]]:
+    """(iccid, PostgreSQL's facts, memory's facts) of each SIM where the two differ (None:
+    the SIM is missing on that side), by ICCID."""
+    by_iccid = {sim.iccid: sim for sim in in_memory}
+    differing: list[tuple[str, SimPeriodFacts | None, SimPeriodFacts | None]] = []
+    for sim in stored:
+        mine = by_iccid.pop(sim.iccid, None)
+        if mine != sim:
+            differing.append((sim.iccid, sim, mine))
+    differing.extend((iccid, None, sim) for iccid, sim in by_iccid.items())
+    return sorted(differing, key=lambda item: item[0])
 
 
 def _check_int64(invoice: Invoice) -> None:
