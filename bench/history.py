@@ -22,8 +22,8 @@ details).
 
 Part 2, ingestion with history (`sims` SIMs as above). The SIMs are provisioned into one
 database, which is then copied (CREATE DATABASE ... TEMPLATE) into a second. The same
-`INGEST_PER_SIM` x sims records (half the SIMs, 2026-04, 500k at full size) are streamed
-into each by a fresh service process: into the first with no usage stored, into the
+`INGEST_PER_SIM` x sims records (at least `INGEST_MIN`; in 2026-04; 500k at full size)
+are streamed into each by a fresh service process: into the first with no usage, into the
 second after `STORED_PER_SIM` x sims rows (20M at full size) were written into its
 usage_records behind the running service's back (see `load_history`), then VACUUM
 ANALYZE and CHECKPOINT. The same rows are also COPYed into a fresh table, as the `copy`
@@ -93,6 +93,7 @@ LATE_WINDOW_S = 3600
 # Part 2: stored history in 2026-01 .. 2026-03, new records in the open 2026-04.
 STORED_PER_SIM = 20
 INGEST_PER_SIM = 0.5
+INGEST_MIN = 100_000  # so that a quick run still streams for seconds, not milliseconds
 INGEST_MONTH = datetime(2026, 4, 1, tzinfo=UTC)
 STORED_FROM = START
 STORED_SPAN = INGEST_MONTH - START
@@ -707,7 +708,7 @@ async def ingest(
 async def stored_ingestion(ctx: BenchContext, sims: int, rss_limit: int) -> list[Figure]:
     progress = ctx.progress
     stored_rows = STORED_PER_SIM * sims
-    traffic = Traffic("ingest", INGEST_MONTH, max(1, int(INGEST_PER_SIM * sims)))
+    traffic = Traffic("ingest", INGEST_MONTH, max(INGEST_MIN, int(INGEST_PER_SIM * sims)))
     clock = INGEST_MONTH + TRAFFIC_SPAN
     workload = Workload(traffic.records, sims, ctx.workload.streams, ctx.workload.batch)
     async with ctx.fresh_database() as empty_url:
