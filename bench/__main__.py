@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     defaults = Workload()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=defaults.records, help="usage records")
-    parser.add_argument("--sims", type=int, default=defaults.sims, help="SIMs to provision")
+    parser.add_argument(
+        "--sims",
+        type=int,
+        help=f"SIMs to provision (default {defaults.sims:,}; history: 1,000,000)",
+    )
     parser.add_argument("--streams", type=int, default=defaults.streams, help="concurrent streams")
     parser.add_argument("--batch", type=int, default=defaults.batch, help="records per batch")
     parser.add_argument(
@@ -52,7 +56,7 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="soak: records/s (default: half the max)")
     args = parser.parse_args(argv)
     for name in ("records", "sims", "streams", "batch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if args.batch > 10_000:
         parser.error("--batch must be <= 10000 (the service's limit per batch)")
@@ -60,9 +64,12 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> int:
-    workload = Workload(args.records, args.sims, args.streams, args.batch)
+    sims = args.sims if args.sims is not None else Workload().sims
+    workload = Workload(args.records, sims, args.streams, args.batch)
     soak = SoakOptions(args.minutes, args.rate)
-    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile, soak=soak)
+    ctx = BenchContext(
+        workload, Progress(), args.copy_batch, args.profile, soak=soak, sims_option=args.sims
+    )
     ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
     figures: list[Figure] = []
     try:

@@ -22,6 +22,7 @@ import multiprocessing
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -34,6 +35,10 @@ from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 
 METHOD = "/rating.v1.RatingService/StreamUsage"
+# Builds, per stream, the serialized requests of a workload (batch b named batch_id(b), on
+# stream b % streams). A module-level function (or a partial of one): it is pickled to
+# the child process.
+RequestBuilder = Callable[[Workload], list[list[bytes]]]
 # Every stream its own TCP connection (channels would otherwise share one subchannel).
 CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 
@@ -69,22 +74,33 @@ class ClientResult:
 
 
 class StreamClient:
-    """Parent side: start the child (it builds its requests), then `run(address)` once."""
+    """Parent side: start the child (it builds its requests), then `run(address)` once.
 
-    def __init__(self, workload: Workload) -> None:
+    `build` makes the requests (default: the workload's January records, as every
+    throughput benchmark sends them)."""
+
+    def __init__(self, workload: Workload, build: RequestBuilder = serialized_requests) -> None:
         self.workload = workload
+        self._built: dict[str, Any] | None = None
         self._conn, child_conn = multiprocessing.get_context("spawn").Pipe()
         self._process = multiprocessing.get_context("spawn").Process(
-            target=_child_main, args=(child_conn, workload), name="bench-client", daemon=True
+            target=_child_main,
+            args=(child_conn, workload, build),
+            name="bench-client",
+            daemon=True,
         )
         self._process.start()
         child_conn.close()
 
     async def ready(self) -> dict[str, Any]:
-        """Wait until the child has built every request; returns its build figures."""
-        return await self._receive("ready")  # type: ignore[no-any-return]
+        """Wait until the child has built every request; returns its build figures (again
+        on a later call)."""
+        if self._built is None:
+            self._built = await self._receive("ready")
+        return self._built
 
     async def run(self, address: str) -> ClientResult:
+        await self.ready()
         self._conn.send(("go", address))
         return ClientResult(**await self._receive("done"))
 
@@ -106,10 +122,10 @@ class StreamClient:
             self._process.join()
 
 
-def _child_main(conn: Connection, workload: Workload) -> None:
+def _child_main(conn: Connection, workload: Workload, build: RequestBuilder) -> None:
     try:
         started = time.perf_counter()
-        streams = serialized_requests(workload)
+        streams = build(workload)
         conn.send(
             (
                 "ready",

@@ -84,6 +84,7 @@ class BenchContext:
     copy_batch: int = 20_000  # rows per COPY in the storage baseline; 0: one COPY
     profile_path: Path | None = None
     soak: SoakOptions | None = None  # only the soak benchmark reads it
+    sims_option: int | None = None  # --sims as given (None: each benchmark's full size)
     _server_url: str | None = None
     _embedded: Any = None
     _embedded_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -120,13 +121,17 @@ class BenchContext:
         return url
 
     @contextlib.asynccontextmanager
-    async def fresh_database(self) -> AsyncIterator[str]:
-        """A new empty database on the server, dropped (even with open sessions) at the end."""
+    async def fresh_database(self, template: str | None = None) -> AsyncIterator[str]:
+        """A new empty database on the server, dropped (even with open sessions) at the end.
+
+        With `template` (the URL of another database of this run, nobody connected to
+        it), the new database starts as a copy of that one."""
         server = await self.server_url()
         name = f"simrating_bench_{uuid.uuid4().hex[:12]}"
+        copy_of = f' TEMPLATE "{urlsplit(template).path.lstrip("/")}"' if template else ""
         admin = await asyncpg.connect(server)
         try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
+            await admin.execute(f'CREATE DATABASE "{name}"{copy_of}')
         finally:
             await admin.close()
         try:

@@ -25,6 +25,7 @@ MODULES = (
     "bench.storage",
     "bench.activation",
     "bench.settlement",
+    "bench.history_ingestion",
     "bench.soak",
     "bench.history",
 )
@@ -45,6 +46,8 @@ class Figure:
     value: float
     unit: str
     details: dict[str, Any] = field(default_factory=dict)
+    # False: no ratio columns (the figure has its own baseline, reported beside it).
+    compare: bool = True
 
 
 class VerificationFailed(RuntimeError):

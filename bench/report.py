@@ -35,9 +35,23 @@ def ratios(figure: Figure, by_name: dict[str, Figure]) -> dict[str, float | None
         ("vs_ingestion", INGESTION_FIGURE),
     ):
         base = by_name.get(baseline)
-        comparable = figure.unit == THROUGHPUT_UNIT and base is not None and base.value > 0
+        comparable = (
+            figure.compare
+            and figure.unit == THROUGHPUT_UNIT
+            and base is not None
+            and base.value > 0
+        )
         out[key] = round(figure.value / base.value, 3) if comparable else None  # type: ignore[union-attr]
     return out
+
+
+def _value(value: float) -> str:
+    """Large figures as whole numbers; small ones (seconds, ratios) with two decimals."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _rounded(value: float) -> float:
+    return round(value, 1) if abs(value) >= 100 else round(value, 3)
 
 
 def table(figures: list[Figure]) -> str:
@@ -48,7 +62,7 @@ def table(figures: list[Figure]) -> str:
         rows.append(
             (
                 figure.label,
-                f"{figure.value:,.0f}",
+                _value(figure.value),
                 figure.unit,
                 "-" if r["vs_copy"] is None else f"{r['vs_copy']:.2f}",
                 "-" if r["vs_transport"] is None else f"{r['vs_transport']:.2f}",
@@ -106,7 +120,7 @@ def write_json(
         "figures": {
             f.name: {
                 "label": f.label,
-                "value": round(f.value, 1),
+                "value": _rounded(f.value),
                 "unit": f.unit,
                 **ratios(f, by_name),
                 "details": f.details,

@@ -20,12 +20,40 @@ import asyncpg
 
 from bench.context import BenchContext
 from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
-from bench.workload import usage_rows
+from bench.workload import UsageRow, usage_rows
 from service.storage import database
 from service.storage.partitions import create_partitions
 from service.storage.repository import USAGE_COLUMNS
 
 TABLE = "usage_records"
+
+
+async def timed_copy(
+    ctx: BenchContext, name: str, chunks: list[list[UsageRow]]
+) -> tuple[float, int, dict[str, float]]:
+    """COPY `chunks` (one COPY and transaction each) into the service's own `usage_records`
+    (partitioned by period, the partitions created first) of a fresh database; (seconds,
+    rows stored, CPU figures)."""
+    async with ctx.fresh_database() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await database.migrate(conn)
+            await create_partitions(conn, {row[-1] for rows in chunks for row in rows})
+            await ctx.checkpoint(url)
+            size = max(len(rows) for rows in chunks)
+            with (
+                ctx.progress.phase(f"{name}: {len(chunks)} COPYs of up to {size:,} rows"),
+                ctx.profiled(name),
+                ctx.cpu_meter() as cpu,
+            ):
+                started = time.perf_counter()
+                for rows in chunks:
+                    await conn.copy_records_to_table(TABLE, records=rows, columns=USAGE_COLUMNS)
+                seconds = time.perf_counter() - started
+            stored: int = await conn.fetchval(f"SELECT count(*) FROM {TABLE}")
+        finally:
+            await conn.close()
+    return seconds, stored, cpu
 
 
 @benchmark("copy", "baseline B: asyncpg COPY of the same rows into the service's usage_records")
@@ -35,24 +63,7 @@ async def copy(ctx: BenchContext) -> list[Figure]:
     chunk = ctx.copy_batch or workload.records
     with progress.phase(f"copy: build {workload.records:,} rows"):
         chunks = usage_rows(workload, chunk)
-    async with ctx.fresh_database() as url:
-        conn = await asyncpg.connect(url)
-        try:
-            await database.migrate(conn)
-            await create_partitions(conn, {row[-1] for rows in chunks for row in rows})
-            await ctx.checkpoint(url)
-            with (
-                progress.phase(f"copy: {len(chunks)} COPYs of up to {chunk:,} rows"),
-                ctx.profiled("copy"),
-                ctx.cpu_meter() as cpu,
-            ):
-                started = time.perf_counter()
-                for rows in chunks:
-                    await conn.copy_records_to_table(TABLE, records=rows, columns=USAGE_COLUMNS)
-                seconds = time.perf_counter() - started
-            stored = await conn.fetchval(f"SELECT count(*) FROM {TABLE}")
-        finally:
-            await conn.close()
+    seconds, stored, cpu = await timed_copy(ctx, "copy", chunks)
     if stored != workload.records:
         raise VerificationFailed(f"copy: {TABLE} holds {stored} rows, expected {workload.records}")
     value = workload.records / seconds
