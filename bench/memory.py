@@ -169,12 +169,14 @@ def restore_usage(cache: StateCache) -> int:
     """Install the counters of a month of hourly records, as a start restores them."""
     data, sms = users(cache)
     rng = random.Random(7)
-    hourly = 744
     rows = []
     for iccid in data:
-        raw = rng.randrange(hourly, hourly * 4 * MIB)
-        rows.append((copy(iccid), UsageType.DATA.value, raw, raw, raw + 1024, hourly, hourly))
-    rows += [(copy(iccid), UsageType.SMS.value, 300, 300, 300, 300, 300) for iccid in sms]
+        records = rng.randrange(700, 745)  # about one an hour; each row its own int objects
+        raw = rng.randrange(records, records * 4 * MIB)
+        rows.append((copy(iccid), UsageType.DATA.value, raw, raw, raw + 1024, records, records))
+    for iccid in sms:
+        sent = rng.randrange(257, 400)
+        rows.append((copy(iccid), UsageType.SMS.value, sent, sent, sent, sent, sent))
     cache.restore_period(copy(PERIOD), rows)
     return len(data)
 
@@ -202,7 +204,7 @@ def measure(
     tracemalloc.stop()
     usage_bytes = _total(checkpointed, with_sims)
     dirty_bytes = _total(with_usage, checkpointed)
-    periods = sum(len(usage.periods) for usage in cache.usage.values())
+    periods = sum(usage.period_count() for usage in cache.usage.values())
     print(
         f"\n== {label}: {sim_count:,} SIMs, {with_usage_count:,} SIM-periods ({periods:,} in cache)"
     )
