@@ -9,7 +9,8 @@ and reports what each part of it costs:
 1. `--sims` SIMs (realistic 19-digit ICCIDs) in 100 accounts on 2 plans, installed with
    `StateCache.put_sims` in two forms: as `ProvisionSims` builds them (one instant and one
    account/plan id string per call of 10,000) and as a start loads them from PostgreSQL
-   (`repository.load_sims`: every row brings its own strings and datetimes);
+   (rows with their own strings and datetimes, as asyncpg decodes them, through
+   `repository.sims_from_rows`);
 2. one open period (2026-01) with usage for 90% of the SIMs, DATA, and for 10% also SMS,
    either counted through `UsageEngine` (check_all, plan_starts, apply: the persister's
    path, records with their own ICCID strings as gRPC decodes them) or restored as a start
@@ -50,6 +51,7 @@ from service.ingestion.engine import UsageEngine
 from service.ingestion.records import Candidate
 from service.ops.clock import TestClock
 from service.state.cache import StateCache
+from service.storage import repository
 
 ACCOUNTS = 100
 PERIOD = "2026-01"
@@ -57,6 +59,7 @@ PROVISIONED_AT = datetime(2025, 12, 1, tzinfo=UTC)
 NOW = datetime(2026, 1, 31, tzinfo=UTC)
 CALL = 10_000  # SIMs per ProvisionSims call
 MIB = 1_048_576
+IMMEDIATE = BillingStartReason.IMMEDIATE
 
 
 def plans() -> list[Plan]:
@@ -96,20 +99,27 @@ def sims(count: int, loaded: bool) -> Iterator[Sim]:
         account_id = f"account-{call_start // CALL % ACCOUNTS:03d}"
         plan_id = plan_ids[call_start // CALL % 2]
         at = PROVISIONED_AT + timedelta(seconds=call_start // CALL)
-        for n in range(call_start, min(call_start + CALL, count)):
-            if loaded:
-                account_id, plan_id = copy(account_id), copy(plan_id)
-                at = datetime.fromtimestamp(at.timestamp(), UTC)
-            start = datetime.fromtimestamp(at.timestamp(), UTC) if loaded else at
-            yield Sim(
-                make_iccid(4_000_000_000 + n),
-                account_id,
-                plan_id,
-                at,
-                SimState.ACTIVE,
-                start,
-                BillingStartReason.IMMEDIATE,
-            )
+        call = range(call_start, min(call_start + CALL, count))
+        if not loaded:
+            for n in call:
+                iccid = make_iccid(4_000_000_000 + n)
+                yield Sim(iccid, account_id, plan_id, at, SimState.ACTIVE, at, IMMEDIATE)
+            continue
+        rows = [  # as asyncpg decodes them: new objects for every value of every row
+            {
+                "iccid": make_iccid(4_000_000_000 + n),
+                "account_id": copy(account_id),
+                "plan_id": copy(plan_id),
+                "provisioned_at": datetime.fromtimestamp(at.timestamp(), UTC),
+                "state": SimState.ACTIVE.value,
+                "billing_started_at": datetime.fromtimestamp(at.timestamp(), UTC),
+                "billing_start_reason": IMMEDIATE.value,
+                "suspended_at": None,
+                "terminated_at": None,
+            }
+            for n in call
+        ]
+        yield from repository.sims_from_rows(rows)  # type: ignore[arg-type]
 
 
 def new_cache(sim_count: int, loaded: bool) -> StateCache:
