@@ -16,6 +16,7 @@ Nothing here touches the database, so the cache only ever shows committed record
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -51,7 +52,7 @@ from service.ingestion.records import (
     UnlessCounted,
 )
 from service.ops.clock import Clock
-from service.state.cache import SimUsage, StateCache, UnchargedRecord, UsageCounters
+from service.state.cache import StateCache, UnchargedRecord, UsageCounters
 from service.storage.repository import UnchargedRow
 
 log = structlog.get_logger("usage")
@@ -82,7 +83,8 @@ class PeriodLookup:
             if bounds[0] <= instant < bounds[1]:
                 return bounds
         period = period_containing(instant, account.timezone, account.billing_day)
-        bounds = (period.start, period.end, period.name)
+        # Interned, as SimUsage's counters hold it: matching a period is an identity test.
+        bounds = (period.start, period.end, sys.intern(period.name))
         known.append(bounds)
         if len(known) > 24:
             del known[0]
@@ -302,7 +304,7 @@ class UsageEngine:
             if is_charged(record.event_time, start):
                 self._charge(
                     sim,
-                    usage.counters(record.period, record.usage_type),
+                    usage.counters_for(record.period, record.usage_type),
                     record.period,
                     plan.rate_for(record.usage_type),
                     record.quantity,
@@ -312,7 +314,7 @@ class UsageEngine:
                 still_uncharged.append(record)
         charged = len(usage.uncharged) - len(still_uncharged)
         if charged:
-            usage.uncharged = still_uncharged
+            usage.uncharged = still_uncharged or ()
             self._cache.dirty.add(sim.iccid)
         return charged
 
@@ -321,7 +323,7 @@ class UsageEngine:
     ) -> list[RecordResult]:
         # The ingestion hot path: one loop for the group, every lookup done once, inline.
         cache = self._cache
-        sims, plans, usage_by_sim, pool_used = cache.sims, cache.plans, cache.usage, cache.pool_used
+        plans, usage_by_sim, pool_used = cache.plans, cache.usage, cache.pool_used
         mark_dirty = cache.dirty.add  # for the next checkpoint
         first_use, first_use_start = ActivationMode.FIRST_USE, BillingStartReason.FIRST_USE
         new = tuple.__new__
@@ -333,18 +335,19 @@ class UsageEngine:
         for record_id, iccid, usage_type, quantity, rated, event_time, _, period in candidates:
             usage = usage_by_sim.get(iccid)
             if usage is None:
-                usage = usage_by_sim[iccid] = SimUsage(sims[iccid])
-            mark_dirty(iccid)
+                usage = cache.usage_for_update(iccid)
             sim: Sim = usage.sim  # type: ignore[assignment]  # set in every stored SimUsage
+            # The SIM's own ICCID string: the record's goes away with the record.
+            mark_dirty(sim.iccid)
             plan = plans[sim.plan_id]
             if plan is not last_plan or usage_type is not last_type:
                 rate = plan.rate_for(usage_type)
                 last_plan, last_type = plan, usage_type
-            last = usage.last  # SimUsage.counters(), inlined for its common case
-            if last is not None and last[0] == period and last[1] is usage_type:
-                counters = last[2]
+            for counters in usage.counters:  # SimUsage.counters_for(), inlined
+                if counters.usage_type is usage_type and counters.period == period:
+                    break
             else:
-                counters = usage.counters(period, usage_type)
+                counters = usage.counters_for(period, usage_type)
             counters.raw_quantity += quantity
             counters.records += 1
             start = sim.billing_started_at
@@ -364,12 +367,12 @@ class UsageEngine:
                     if used + rated > included:
                         charge = estimate_charge(rate, used, rated, included)
                 counters.charged_rated_quantity += rated
-                counters.charged_raw_quantity += quantity
-                counters.charged_records += 1
             else:
                 charged = False
+                counters.uncharged_raw_quantity += quantity
+                counters.uncharged_records += 1
                 if plan.activation_mode is first_use:
-                    usage.uncharged.append(
+                    usage.add_uncharged(
                         UnchargedRecord(event_time, usage_type, quantity, rated, period)
                     )
             moved = started.get(iccid) if started else None
@@ -392,8 +395,8 @@ class UsageEngine:
         rated: int,
     ) -> None:
         counters.charged_rated_quantity += rated
-        counters.charged_raw_quantity += raw
-        counters.charged_records += 1
+        counters.uncharged_raw_quantity -= raw
+        counters.uncharged_records -= 1
         if rate is not None and rate.pooled:
             self._cache.pool_used[(sim.account_id, sim.plan_id, period, rate.usage_type)] += rated
 

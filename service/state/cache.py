@@ -7,9 +7,10 @@ never the database for status and authorization calls.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from service.domain.errors import NotFound
@@ -30,13 +31,27 @@ from service.domain.pricing import allowance
 
 @dataclass(slots=True)
 class UsageCounters:
-    """Running totals of one SIM, one period, one usage type."""
+    """Running totals of one SIM, one period, one usage type.
 
+    Uncharged quantities are kept rather than charged ones: most SIMs have every record
+    charged, so those two stay the shared int 0 (a charged total would be one more int
+    object of 28-32 bytes each) and counting a charged record updates three fields."""
+
+    period: str
+    usage_type: UsageType
     raw_quantity: int = 0
     charged_rated_quantity: int = 0
-    charged_raw_quantity: int = 0
+    uncharged_raw_quantity: int = 0
     records: int = 0
-    charged_records: int = 0
+    uncharged_records: int = 0
+
+    @property
+    def charged_raw_quantity(self) -> int:
+        return self.raw_quantity - self.uncharged_raw_quantity
+
+    @property
+    def charged_records(self) -> int:
+        return self.records - self.uncharged_records
 
     def facts(self) -> SimUsageFacts:
         return SimUsageFacts(
@@ -61,39 +76,71 @@ class UnchargedRecord:
 
 @dataclass(slots=True)
 class SimUsage:
+    """A SIM's usage in memory. Compact (docs/storage.md, Memory): a million of them."""
+
     # The SIM as the cache holds it now (put_sims keeps it current): counting a record
     # finds both with one look-up. None only in the shared empty value of usage_of().
     sim: Sim | None = None
-    periods: dict[str, dict[UsageType, UsageCounters]] = field(default_factory=dict)
-    uncharged: list[UnchargedRecord] = field(default_factory=list)
-    # The counters the SIM's last record went to, (period, usage type, counters): the next
-    # record almost always goes there too, and ingestion finds them without two look-ups.
-    last: tuple[str, UsageType, UsageCounters] | None = None
-    # Raw quantity per usage type of the SIM's settled periods (no longer in `periods`).
+    # One UsageCounters per (period, usage type) in memory: a SIM has a few (its open
+    # periods times the types it used), so a tuple scanned in order costs less memory than
+    # dicts by period and type, and no more time.
+    counters: tuple[UsageCounters, ...] = ()
+    # Records before billing start (FIRST_USE plans): a list once there is one.
+    uncharged: list[UnchargedRecord] | tuple[()] = ()
+    # Raw quantity per usage type of the SIM's settled periods (no longer in `counters`).
     settled_raw: dict[UsageType, int] | None = None
 
     @property
     def lifetime_raw(self) -> dict[UsageType, int]:
         """Raw quantity per usage type over the SIM's life: settled and open periods."""
         totals: dict[UsageType, int] = dict(self.settled_raw) if self.settled_raw else {}
-        for by_type in self.periods.values():
-            for usage_type, counters in by_type.items():
-                totals[usage_type] = totals.get(usage_type, 0) + counters.raw_quantity
+        for c in self.counters:
+            totals[c.usage_type] = totals.get(c.usage_type, 0) + c.raw_quantity
         return totals
 
-    def period(self, name: str) -> dict[UsageType, UsageCounters]:
-        return self.periods.get(name, {})
+    @property
+    def periods(self) -> dict[str, dict[UsageType, UsageCounters]]:
+        """The counters by period and usage type (a new dict: for reports and tests)."""
+        periods: dict[str, dict[UsageType, UsageCounters]] = {}
+        for c in self.counters:
+            periods.setdefault(c.period, {})[c.usage_type] = c
+        return periods
 
-    def counters(self, period: str, usage_type: UsageType) -> UsageCounters:
-        last = self.last
-        if last is not None and last[0] == period and last[1] is usage_type:
-            return last[2]
-        by_type = self.periods.setdefault(period, {})
-        counters = by_type.get(usage_type)
+    def period_count(self) -> int:
+        """How many periods the SIM has counters of."""
+        counters = self.counters
+        return len(counters) if len(counters) < 2 else len({c.period for c in counters})
+
+    def period(self, name: str) -> dict[UsageType, UsageCounters]:
+        return {c.usage_type: c for c in self.counters if c.period == name}
+
+    def find(self, period: str, usage_type: UsageType) -> UsageCounters | None:
+        for c in self.counters:
+            if c.usage_type is usage_type and c.period == period:
+                return c
+        return None
+
+    def counters_for(self, period: str, usage_type: UsageType) -> UsageCounters:
+        """The counters of (period, usage type), created if missing."""
+        counters = self.find(period, usage_type)
         if counters is None:
-            counters = by_type[usage_type] = UsageCounters()
-        self.last = (period, usage_type, counters)
+            # One string object per period name, however the name was read or decoded.
+            counters = UsageCounters(sys.intern(period), usage_type)
+            self.counters = (*self.counters, counters)
         return counters
+
+    def add_uncharged(self, record: UnchargedRecord) -> None:
+        if isinstance(self.uncharged, list):
+            self.uncharged.append(record)
+        else:
+            self.uncharged = [record]
+
+    def drop_period(self, name: str) -> tuple[UsageCounters, ...]:
+        """Remove the counters of one period; returns them."""
+        dropped = tuple(c for c in self.counters if c.period == name)
+        if dropped:
+            self.counters = tuple(c for c in self.counters if c.period != name)
+        return dropped
 
 
 _NO_USAGE = SimUsage()
@@ -105,7 +152,8 @@ class StateCache:
         self.first_use_plans: set[str] = set()  # ids of the plans that bill on first use
         self.accounts: dict[str, Account] = {}
         self.sims: dict[str, Sim] = {}
-        self.sims_by_account: defaultdict[str, set[str]] = defaultdict(set)
+        # In provisioning order; a list: a set would cost ~50 bytes more per SIM.
+        self.sims_by_account: defaultdict[str, list[str]] = defaultdict(list)
         self.state_counts: Counter[SimState] = Counter()
         self.usage: dict[str, SimUsage] = {}
         self.settled: set[tuple[str, str]] = set()  # (account_id, period) with an invoice
@@ -152,7 +200,7 @@ class StateCache:
             key = (sim.account_id, sim.plan_id)
             used = self.pool_used.get((*key, period, rate.usage_type), 0)
             return used, allowance(rate, self.started_on_plan[key])
-        counters = self.usage_of(sim.iccid).period(period).get(rate.usage_type)
+        counters = self.usage_of(sim.iccid).find(period, rate.usage_type)
         return (counters.charged_rated_quantity if counters else 0), allowance(rate, 1)
 
     def usage_of(self, iccid: str) -> SimUsage:
@@ -162,7 +210,10 @@ class StateCache:
     def usage_for_update(self, iccid: str) -> SimUsage:
         usage = self.usage.get(iccid)
         if usage is None:
-            usage = self.usage[iccid] = SimUsage(self.sims[iccid])
+            sim = self.sims[iccid]
+            # Keyed by the SIM's own ICCID string: the caller's (a record's, a row's) is
+            # another object of ~70 bytes that would live as long as the SIM.
+            usage = self.usage[sim.iccid] = SimUsage(sim)
         return usage
 
     def period_facts(self, account_id: str, period: str) -> list[SimPeriodFacts]:
@@ -170,14 +221,14 @@ class StateCache:
         facts = []
         for iccid in self.sims_by_account.get(account_id, ()):
             sim = self.sims[iccid]
-            usage = self.usage_of(iccid).period(period)
+            counters = self.usage_of(iccid).counters
             facts.append(
                 SimPeriodFacts(
                     iccid=iccid,
                     plan_id=sim.plan_id,
                     billing_started_at=sim.billing_started_at,
                     terminated_at=sim.terminated_at,
-                    usage={usage_type: c.facts() for usage_type, c in usage.items()},
+                    usage={c.usage_type: c.facts() for c in counters if c.period == period},
                 )
             )
         return facts
@@ -194,16 +245,13 @@ class StateCache:
             usage = usage_by_sim.get(iccid)
             if usage is None:
                 continue
-            periods = usage.periods
-            if period is not None:
-                periods = {period: periods[period]} if period in periods else {}
-            for name, by_type in periods.items():
-                for usage_type, c in by_type.items():
+            for c in usage.counters:
+                if period is None or c.period == period:
                     rows.append(
                         (
-                            name,
+                            c.period,
                             iccid,
-                            usage_type.value,
+                            c.usage_type.value,
                             c.raw_quantity,
                             c.charged_raw_quantity,
                             c.charged_rated_quantity,
@@ -245,17 +293,15 @@ class StateCache:
             usage = self.usage.get(iccid)
             if usage is None:
                 continue
-            by_type = usage.periods.pop(period, None)
-            if by_type is None:
+            counters = usage.drop_period(period)
+            if not counters:
                 continue
             dropped += 1
-            if usage.last is not None and usage.last[0] == period:
-                usage.last = None
             settled = usage.settled_raw
             if settled is None:
                 settled = usage.settled_raw = {}
-            for usage_type, counters in by_type.items():
-                settled[usage_type] = settled.get(usage_type, 0) + counters.raw_quantity
+            for c in counters:
+                settled[c.usage_type] = settled.get(c.usage_type, 0) + c.raw_quantity
         for key in [k for k in self.pool_used if k[0] == account_id and k[2] == period]:
             del self.pool_used[key]
         return dropped
@@ -271,9 +317,12 @@ class StateCache:
             if sim is None:
                 continue
             usage_type = kinds[kind]
-            self.usage_for_update(iccid).periods.setdefault(period, {})[usage_type] = UsageCounters(
-                raw, charged_rated, charged_raw, records, charged_records
-            )
+            counters = self.usage_for_update(iccid).counters_for(period, usage_type)
+            counters.raw_quantity = raw
+            counters.charged_rated_quantity = charged_rated
+            counters.uncharged_raw_quantity = raw - charged_raw
+            counters.records = records
+            counters.uncharged_records = records - charged_records
             rate = self.plans[sim.plan_id].rate_for(usage_type)
             if rate is not None and rate.pooled and charged_rated:
                 self.pool_used[(sim.account_id, sim.plan_id, period, usage_type)] += charged_rated
@@ -284,7 +333,7 @@ class StateCache:
         kinds = USAGE_TYPES_BY_VALUE
         for iccid, event_time, kind, quantity, rated, period in rows:
             if iccid in self.sims:
-                self.usage_for_update(iccid).uncharged.append(
+                self.usage_for_update(iccid).add_uncharged(
                     UnchargedRecord(event_time, kinds[kind], quantity, rated, period)
                 )
 
@@ -308,7 +357,11 @@ class StateCache:
             usage = self.usage.get(sim.iccid)
             if usage is not None:
                 usage.sim = sim
-            self.sims_by_account[sim.account_id].add(sim.iccid)
+            if previous is None:
+                self.sims_by_account[sim.account_id].append(sim.iccid)
+            elif previous.account_id != sim.account_id:  # never done by the service today
+                self.sims_by_account[previous.account_id].remove(sim.iccid)
+                self.sims_by_account[sim.account_id].append(sim.iccid)
             self.state_counts[sim.state] += 1
             self.started_on_plan[(sim.account_id, sim.plan_id)] += _counts_in_pool(sim)
             for listener in self.sim_listeners:

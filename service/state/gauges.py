@@ -50,7 +50,7 @@ def watch_cache_sizes(cache: StateCache, metrics: Metrics) -> None:
     values are copied first in one C call, so a SIM added meanwhile cannot break it."""
 
     def sim_periods() -> int:
-        return sum(len(usage.periods) for usage in list(cache.usage.values()))
+        return sum(usage.period_count() for usage in list(cache.usage.values()))
 
     sizes = {
         "plans": lambda: len(cache.plans),
