@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench import registry, report
 from bench.context import BenchContext, Progress
+from bench.hot import HotOptions
 from bench.registry import Figure, VerificationFailed
 from bench.soak import SoakOptions
 from bench.workload import Workload
@@ -50,7 +51,18 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON path")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: duration")
     parser.add_argument("--rate", type=float, help="soak: records/s (default: half the max)")
+    hot = HotOptions()
+    parser.add_argument("--hot-sims", type=int, default=hot.sims, help="hot: SIMs loaded")
+    parser.add_argument(
+        "--hot-records", type=int, default=hot.records, help="hot: usage records loaded"
+    )
+    parser.add_argument("--hot-calls", type=int, default=hot.calls, help="hot: timed calls")
     args = parser.parse_args(argv)
+    for name in ("hot_sims", "hot_calls"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.hot_records < 0:
+        parser.error("--hot-records must be >= 0")
     for name in ("records", "sims", "streams", "batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -62,7 +74,8 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
 async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> int:
     workload = Workload(args.records, args.sims, args.streams, args.batch)
     soak = SoakOptions(args.minutes, args.rate)
-    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile, soak=soak)
+    hot = HotOptions(args.hot_sims, args.hot_records, args.hot_calls)
+    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile, soak=soak, hot=hot)
     ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
     figures: list[Figure] = []
     try:

@@ -29,6 +29,7 @@ import asyncpg
 from bench.workload import Workload
 
 if TYPE_CHECKING:
+    from bench.hot import HotOptions
     from bench.soak import SoakOptions
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -84,6 +85,7 @@ class BenchContext:
     copy_batch: int = 20_000  # rows per COPY in the storage baseline; 0: one COPY
     profile_path: Path | None = None
     soak: SoakOptions | None = None  # only the soak benchmark reads it
+    hot: HotOptions | None = None  # only the hot benchmark reads it
     _server_url: str | None = None
     _embedded: Any = None
     _embedded_dir: tempfile.TemporaryDirectory[str] | None = None

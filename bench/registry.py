@@ -25,6 +25,7 @@ MODULES = (
     "bench.storage",
     "bench.activation",
     "bench.settlement",
+    "bench.hot",
     "bench.soak",
 )
 
@@ -44,6 +45,8 @@ class Figure:
     value: float
     unit: str
     details: dict[str, Any] = field(default_factory=dict)
+    # The name of a figure of the same run this one is compared with (`vs baseline`).
+    baseline: str | None = None
 
 
 class VerificationFailed(RuntimeError):

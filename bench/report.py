@@ -37,22 +37,25 @@ def ratios(figure: Figure, by_name: dict[str, Figure]) -> dict[str, float | None
         base = by_name.get(baseline)
         comparable = figure.unit == THROUGHPUT_UNIT and base is not None and base.value > 0
         out[key] = round(figure.value / base.value, 3) if comparable else None  # type: ignore[union-attr]
+    own = by_name.get(figure.baseline) if figure.baseline else None
+    out["vs_baseline"] = round(figure.value / own.value, 3) if own and own.value > 0 else None
     return out
 
 
 def table(figures: list[Figure]) -> str:
     by_name = {f.name: f for f in figures}
-    rows = [("figure", "value", "unit", "vs COPY", "vs transport", "vs ingestion")]
+    rows = [("figure", "value", "unit", "vs COPY", "vs transport", "vs ingestion", "vs baseline")]
     for figure in figures:
         r = ratios(figure, by_name)
         rows.append(
             (
                 figure.label,
-                f"{figure.value:,.0f}",
+                f"{figure.value:,.0f}" if abs(figure.value) >= 100 else f"{figure.value:.2f}",
                 figure.unit,
                 "-" if r["vs_copy"] is None else f"{r['vs_copy']:.2f}",
                 "-" if r["vs_transport"] is None else f"{r['vs_transport']:.2f}",
                 "-" if r["vs_ingestion"] is None else f"{r['vs_ingestion']:.2f}",
+                "-" if r["vs_baseline"] is None else f"{r['vs_baseline']:.2f}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -1,0 +1,447 @@
+"""Session-start calls against the transport limit: AuthorizeSession and GetSimStatus.
+
+In this process: a fresh database and the real service (`Application`, test clock at
+`CLOCK_START`), `--hot-sims` SIMs provisioned through ProvisionSims (calls of 10,000) and
+`--hot-records` usage records streamed over them (so the SIMs have usage in the current
+and the previous period, and the heap holds what a loaded service holds). Then the
+service is restarted on the same database: the timed calls are answered by a service
+whose cache was loaded from PostgreSQL, as in production after a deploy.
+
+Beside it, in the same process, a no-op `grpc.aio` server (no interceptor, no cache) whose
+AuthorizeSession and GetSimStatus parse the request and answer a response of exactly the
+size the service gives (one real response, taken before the timer): what gRPC and
+protobuf alone cost for the same messages in one Python process.
+
+In a child process (like bench.client): `--hot-calls` requests per method over random
+SIMs (fixed seed), built and serialized before any timer; sent as raw bytes on one
+channel by `concurrency` coroutines; each call timed from handing it to gRPC to its
+answer. Responses are parsed and checked after the timer. For each method and concurrency
+the calls run in `ROUNDS` rounds, service and no-op server alternating (the machine is
+shared: a burst of other work then hits both sides alike), each round after `WARMUP`
+untimed calls; each side's rounds are merged (QPS = calls / summed seconds, percentiles
+over every call). Figures: QPS (calls / seconds of the timed window), p50 and p99 in ms; `vs
+baseline` compares each service figure with the no-op figure of the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import random
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+
+from bench.client import StreamClient
+from bench.context import BenchContext
+from bench.ingestion import provision
+from bench.registry import Figure, VerificationFailed, benchmark
+from bench.workload import Workload, service_settings, sim_iccids
+from rating.v1 import rating_service_pb2 as r
+from rating.v1 import rating_service_pb2_grpc as r_grpc
+from rating.v1 import types_pb2 as t
+from service.app import Application
+from service.ops.logs import configure_logging
+from service.ops.metrics import Metrics
+
+METHODS = ("AuthorizeSession", "GetSimStatus")
+CONCURRENCIES = (1, 50)
+WARMUP = 200  # untimed calls before each round
+ROUNDS = 4  # each side's calls in this many rounds, service and no-op alternating
+REQUESTED_QUANTITY = 1_048_576
+SEED = 12
+CALLS_UNIT = "calls/s"
+MS = "ms"
+
+
+@dataclass(frozen=True, slots=True)
+class HotOptions:
+    sims: int = 1_000_000
+    records: int = 1_000_000
+    calls: int = 20_000
+
+
+def _path(method: str) -> str:
+    return f"/rating.v1.RatingService/{method}"
+
+
+def build_requests(sims: int, calls: int, seed: int) -> dict[str, list[bytes]]:
+    """Per method, `calls` serialized requests over random SIMs (deterministic)."""
+    iccids = sim_iccids(Workload(records=1, sims=sims))
+    rng = random.Random(seed)
+    picks = [iccids[rng.randrange(sims)] for _ in range(calls)]
+    return {
+        "AuthorizeSession": [
+            r.AuthorizeSessionRequest(
+                iccid=iccid, usage_type=t.USAGE_TYPE_DATA, requested_quantity=REQUESTED_QUANTITY
+            ).SerializeToString()
+            for iccid in picks
+        ],
+        "GetSimStatus": [r.GetSimStatusRequest(iccid=iccid).SerializeToString() for iccid in picks],
+    }
+
+
+# --- the no-op server ---------------------------------------------------------------------
+
+
+class NoOpSessionServicer(r_grpc.RatingServiceServicer):
+    """Parses each request, answers a fixed response of the service's size."""
+
+    def __init__(
+        self, authorize: r.AuthorizeSessionResponse, status: r.GetSimStatusResponse
+    ) -> None:
+        self._authorize = authorize
+        self._status = status
+
+    async def AuthorizeSession(
+        self, request: r.AuthorizeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> r.AuthorizeSessionResponse:
+        return self._authorize
+
+    async def GetSimStatus(
+        self, request: r.GetSimStatusRequest, context: grpc.aio.ServicerContext
+    ) -> r.GetSimStatusResponse:
+        return self._status
+
+
+# --- the client (child process) -----------------------------------------------------------
+
+
+@dataclass
+class CallsResult:
+    calls: int
+    seconds: float
+    latencies_ns: list[int]  # sorted
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def qps(self) -> float:
+        return self.calls / self.seconds
+
+    def percentile_ms(self, share: float) -> float:
+        ordered = self.latencies_ns
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] / 1e6
+
+    @property
+    def p50_ms(self) -> float:
+        return self.percentile_ms(0.50)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.percentile_ms(0.99)
+
+    @classmethod
+    def merge(cls, rounds: list[CallsResult]) -> CallsResult:
+        return cls(
+            calls=sum(x.calls for x in rounds),
+            seconds=sum(x.seconds for x in rounds),
+            latencies_ns=sorted(n for x in rounds for n in x.latencies_ns),
+            problems=[p for x in rounds for p in x.problems],
+        )
+
+
+class HotClient:
+    """Parent side: start the child (it builds its requests), then `run(...)` per phase."""
+
+    def __init__(self, sims: int, calls: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_child_main, args=(child_conn, sims, calls), name="bench-hot", daemon=True
+        )
+        self._process.start()
+        child_conn.close()
+
+    async def ready(self) -> dict[str, Any]:
+        return await self._receive("ready")  # type: ignore[no-any-return]
+
+    async def run(
+        self, address: str, method: str, concurrency: int, round_: int, *, check: bool = True
+    ) -> CallsResult:
+        """Time round `round_` of the calls (one of ROUNDS equal slices); `check`: each
+        answer must be the SIM's own (the no-op answers one fixed response, so only its
+        parsing is checked)."""
+        self._conn.send(("go", address, method, concurrency, round_, check))
+        return CallsResult(**await self._receive("done"))
+
+    async def _receive(self, expected: str) -> Any:
+        try:
+            kind, payload = await asyncio.to_thread(self._conn.recv)
+        except EOFError:
+            raise RuntimeError("the client process died") from None
+        if kind == "error":
+            raise RuntimeError(f"the client process failed:\n{payload}")
+        assert kind == expected, (kind, expected)
+        return payload
+
+    def close(self) -> None:
+        try:
+            self._conn.send(("stop",))
+        except OSError:
+            pass
+        self._conn.close()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _child_main(conn: Connection, sims: int, calls: int) -> None:
+    try:
+        started = time.perf_counter()
+        requests = build_requests(sims, calls, SEED)
+        warmup = build_requests(sims, WARMUP, SEED + 1)
+        conn.send(("ready", {"build_seconds": round(time.perf_counter() - started, 2)}))
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                return
+            _go, address, method, concurrency, round_, check = message
+            every = requests[method]
+            size = -(-len(every) // ROUNDS)
+            mine = every[round_ * size : (round_ + 1) * size]
+            result = asyncio.run(_drive(address, method, concurrency, mine, warmup[method], check))
+            conn.send(("done", asdict(result)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+async def _drive(
+    address: str,
+    method: str,
+    concurrency: int,
+    requests: list[bytes],
+    warmup: list[bytes],
+    check: bool,
+) -> CallsResult:
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        call = channel.unary_unary(_path(method))  # raw bytes both ways
+
+        async def drive(batch: list[bytes]) -> tuple[list[bytes], list[int]]:
+            answers: list[bytes] = [b""] * len(batch)
+            latencies = [0] * len(batch)
+            position = iter(range(len(batch)))
+
+            async def worker() -> None:
+                clock = time.perf_counter_ns
+                for index in position:
+                    started = clock()
+                    answers[index] = await call(batch[index])
+                    latencies[index] = clock() - started
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return answers, latencies
+
+        await drive(warmup)
+        started = time.perf_counter()
+        answers, latencies = await drive(requests)
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return CallsResult(
+        calls=len(requests),
+        seconds=seconds,
+        latencies_ns=latencies,
+        problems=_check(method, requests, answers, check),
+    )
+
+
+def _check(method: str, requests: list[bytes], answers: list[bytes], check: bool) -> list[str]:
+    """After the timer: every answer parses; with `check`, every SIM is allowed (and
+    ACTIVE) or its status is its own."""
+    problems: list[str] = []
+    for raw_request, raw in zip(requests, answers, strict=True):
+        if method == "AuthorizeSession":
+            answer = r.AuthorizeSessionResponse.FromString(raw)
+            if check and (not answer.allowed or answer.state != t.SIM_STATE_ACTIVE):
+                problems.append(f"AuthorizeSession: {answer}")
+        else:
+            iccid = r.GetSimStatusRequest.FromString(raw_request).iccid
+            status = r.GetSimStatusResponse.FromString(raw).status
+            if check and status.iccid != iccid:
+                problems.append(f"GetSimStatus {iccid}: {status.iccid!r}")
+        if len(problems) >= 5:
+            break
+    return problems
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def production_logging(progress: Any) -> Any:
+    """The service's production logging (JSON lines at INFO) into a temporary file, as
+    `python -m service` writes them to its standard error; yields a dict that gets the
+    lines and bytes written. The bench's own quiet console logging is restored after."""
+    figures: dict[str, int] = {}
+    with tempfile.TemporaryFile("w+", prefix="simrating-hot-log-") as log_file:
+        configure_logging("json", logging.INFO, stream=log_file)
+        try:
+            yield figures
+        finally:
+            configure_logging("console", logging.WARNING)
+            log_file.flush()
+            figures["bytes"] = log_file.tell()
+            log_file.seek(0)
+            figures["lines"] = sum(1 for _ in log_file)
+
+
+async def _load(ctx: BenchContext, url: str, options: HotOptions) -> None:
+    """SIMs provisioned and usage streamed through the service's own API, then stopped."""
+    progress = ctx.progress
+    workload = Workload(records=max(1, options.records), sims=options.sims)
+    app = Application(service_settings(url), Metrics())
+    with progress.phase("hot: start service (empty)"):
+        await app.start()
+    usage = StreamClient(workload) if options.records else None
+    try:
+        address = f"127.0.0.1:{app.port}"
+        with progress.phase(f"hot: provision {options.sims:,} SIMs"):
+            await provision(address, workload)
+        if usage is not None:
+            await usage.ready()
+            with progress.phase(f"hot: stream {options.records:,} usage records"):
+                result = await usage.run(address)
+            rated = result.statuses.get("RECORD_STATUS_RATED", 0)
+            if result.problems or rated != options.records:
+                raise VerificationFailed(f"hot: {rated} RATED; {result.problems}")
+    finally:
+        if usage is not None:
+            usage.close()
+        await app.stop()
+
+
+async def _samples(address: str, iccid: str) -> tuple[Any, Any]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = r_grpc.RatingServiceStub(channel)
+        authorize = await stub.AuthorizeSession(
+            r.AuthorizeSessionRequest(
+                iccid=iccid, usage_type=t.USAGE_TYPE_DATA, requested_quantity=REQUESTED_QUANTITY
+            )
+        )
+        status = await stub.GetSimStatus(r.GetSimStatusRequest(iccid=iccid))
+    return authorize, status
+
+
+def _figures(
+    method: str, concurrency: int, service: CallsResult, noop: CallsResult
+) -> list[Figure]:
+    key = f"hot_{method}_c{concurrency}"
+    base = f"noop_{method}_c{concurrency}"
+    what = f"{method} c={concurrency}"
+    details = {"calls": service.calls, "seconds": round(service.seconds, 3)}
+    return [
+        Figure(f"{key}_qps", f"{what} QPS", service.qps, CALLS_UNIT, details, f"{base}_qps"),
+        Figure(f"{key}_p50", f"{what} p50", service.p50_ms, MS, baseline=f"{base}_p50"),
+        Figure(f"{key}_p99", f"{what} p99", service.p99_ms, MS, baseline=f"{base}_p99"),
+        Figure(f"{base}_qps", f"  no-op {what} QPS", noop.qps, CALLS_UNIT),
+        Figure(f"{base}_p50", f"  no-op {what} p50", noop.p50_ms, MS),
+        Figure(f"{base}_p99", f"  no-op {what} p99", noop.p99_ms, MS),
+    ]
+
+
+async def _alternate(
+    client: HotClient, address: str, noop_address: str, method: str, concurrency: int
+) -> tuple[CallsResult, CallsResult]:
+    """The calls in ROUNDS rounds, service and no-op alternating (so a burst of the
+    machine's other work hits both alike); each side's rounds merged."""
+    service: list[CallsResult] = []
+    noop: list[CallsResult] = []
+    for round_ in range(ROUNDS):
+        service.append(await client.run(address, method, concurrency, round_))
+        noop.append(await client.run(noop_address, method, concurrency, round_, check=False))
+    return CallsResult.merge(service), CallsResult.merge(noop)
+
+
+def markdown(rows: list[tuple[str, int, CallsResult, CallsResult]]) -> str:
+    """The figures as the issue tables them: service and no-op rows, then the ratios."""
+    lines = [
+        "| call | concurrency | QPS | p50 ms | p99 ms | QPS / no-op | p99 / no-op |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, concurrency, service, noop in rows:
+        lines.append(
+            f"| {method} | {concurrency} | {service.qps:,.0f} | {service.p50_ms:.2f}"
+            f" | {service.p99_ms:.2f} | {service.qps / noop.qps:.2f}"
+            f" | {service.p99_ms / noop.p99_ms:.2f} |"
+        )
+        lines.append(
+            f"| no-op {method} | {concurrency} | {noop.qps:,.0f} | {noop.p50_ms:.2f}"
+            f" | {noop.p99_ms:.2f} | | |"
+        )
+    return "\n".join(lines)
+
+
+@benchmark("hot", "AuthorizeSession and GetSimStatus at concurrency 1 and 50 beside a no-op server")
+async def hot(ctx: BenchContext) -> list[Figure]:
+    options = ctx.hot or HotOptions()
+    progress = ctx.progress
+    client = HotClient(options.sims, options.calls)
+    rows: list[tuple[str, int, CallsResult, CallsResult]] = []
+    try:
+        async with ctx.fresh_database() as url:
+            await _load(ctx, url, options)
+            with production_logging(progress) as logged:
+                rows = await _measure(ctx, client, url, options)
+    finally:
+        client.close()
+    progress.line("hot:\n" + markdown(rows))
+    figures: list[Figure] = []
+    for method, concurrency, service, noop in rows:
+        figures.extend(_figures(method, concurrency, service, noop))
+    figures[0].details.update(sims=options.sims, records=options.records, service_log=logged)
+    return figures
+
+
+async def _measure(
+    ctx: BenchContext, client: HotClient, url: str, options: HotOptions
+) -> list[tuple[str, int, CallsResult, CallsResult]]:
+    progress = ctx.progress
+    rows: list[tuple[str, int, CallsResult, CallsResult]] = []
+    app = Application(service_settings(url), Metrics())
+    with progress.phase(f"hot: restart the service ({options.sims:,} SIMs loaded)"):
+        await app.start()
+    noop_server = grpc.aio.server()
+    try:
+        address = f"127.0.0.1:{app.port}"
+        authorize, status = await _samples(address, sim_iccids(Workload(sims=1))[0])
+        r_grpc.add_RatingServiceServicer_to_server(
+            NoOpSessionServicer(authorize, status),  # type: ignore[abstract]
+            noop_server,
+        )
+        noop_address = f"127.0.0.1:{noop_server.add_insecure_port('127.0.0.1:0')}"
+        await noop_server.start()
+        with progress.phase(f"hot: client builds {options.calls:,} requests per method"):
+            await client.ready()
+        await ctx.checkpoint(url)
+        for concurrency in CONCURRENCIES:
+            for method in METHODS:
+                with (
+                    progress.phase(f"hot: {method} c={concurrency}, service and no-op"),
+                    ctx.profiled(f"hot_{method}_c{concurrency}"),
+                ):
+                    service, noop = await _alternate(
+                        client, address, noop_address, method, concurrency
+                    )
+                for result in (service, noop):
+                    if result.problems:
+                        raise VerificationFailed(f"hot {method}: {result.problems}")
+                rows.append((method, concurrency, service, noop))
+                progress.line(
+                    f"hot: {method} c={concurrency}: {service.qps:,.0f} QPS"
+                    f" (no-op {noop.qps:,.0f}), p99 {service.p99_ms:.2f} ms"
+                    f" (no-op {noop.p99_ms:.2f})"
+                )
+    finally:
+        await noop_server.stop(1)
+        await app.stop()
+    return rows
