@@ -224,7 +224,9 @@ class Application:
             )
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.metrics, self.auth)],
+            interceptors=[
+                ObservabilityInterceptor(self.metrics, self.auth, self.settings.rpc_log_reads_every)
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 * limit),
