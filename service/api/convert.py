@@ -48,8 +48,15 @@ def optional_time(msg: object, name: str, field: str) -> datetime | None:
 
 
 def time_to_proto(when: datetime | None, target: Timestamp) -> None:
-    if when is not None:
+    if when is None:
+        return
+    if when.tzinfo is None:  # naive: taken as UTC, as Timestamp.FromDatetime does
         target.FromDatetime(when)
+        return
+    # The same value as FromDatetime, without its calendar arithmetic (several times cheaper).
+    delta = when - _EPOCH
+    target.seconds = delta.days * 86_400 + delta.seconds
+    target.nanos = delta.microseconds * 1_000
 
 
 def duration_from_proto(d: Duration, field: str) -> timedelta:

@@ -54,7 +54,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
     ) -> pb.GetSimStatusResponse:
         if not request.iccid:
             raise InvalidArgument("iccid", "is required")
-        view = sim_view(self._cache, self._clock, request.iccid)
+        view = sim_view(self._cache, self._clock, request.iccid, self._periods)
         return pb.GetSimStatusResponse(status=convert.sim_status_to_proto(view))
 
     async def AuthorizeSession(
