@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
 from bench import registry, report
 from bench.context import BenchContext, Progress
@@ -71,11 +73,13 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> int:
+async def run(args: argparse.Namespace, selected: list[registry.Benchmark], log: TextIO) -> int:
     workload = Workload(args.records, args.sims, args.streams, args.batch)
     soak = SoakOptions(args.minutes, args.rate)
     hot = HotOptions(args.hot_sims, args.hot_records, args.hot_calls)
-    ctx = BenchContext(workload, Progress(), args.copy_batch, args.profile, soak=soak, hot=hot)
+    ctx = BenchContext(
+        workload, Progress(), args.copy_batch, args.profile, soak=soak, hot=hot, service_log=log
+    )
     ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
     figures: list[Figure] = []
     try:
@@ -95,14 +99,17 @@ async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging("console", level=logging.WARNING)
     tune_gc()  # as `python -m service` does: the service runs in this process
     benchmarks = registry.load()
     args = parse_args(argv, list(benchmarks))
     selected = [
         b for name, b in benchmarks.items() if (name in args.only if args.only else b.default)
     ]
-    return asyncio.run(run(args, selected))
+    # The service logs as in production (JSON lines at INFO), into a file: its loggers keep
+    # the configuration of their first use, so this is set once, before any service runs.
+    with tempfile.TemporaryFile("w+", prefix="simrating-bench-log-") as log:
+        configure_logging("json", logging.INFO, stream=log)
+        return asyncio.run(run(args, selected, log))
 
 
 if __name__ == "__main__":

@@ -15,27 +15,27 @@ protobuf alone cost for the same messages in one Python process.
 In a child process (like bench.client): `--hot-calls` requests per method over random
 SIMs (fixed seed), built and serialized before any timer; sent as raw bytes on one
 channel by `concurrency` coroutines; each call timed from handing it to gRPC to its
-answer. Responses are parsed and checked after the timer. For each method and concurrency
-the calls run in `ROUNDS` rounds, service and no-op server alternating (the machine is
-shared: a burst of other work then hits both sides alike), each round after `WARMUP`
-untimed calls; each side's rounds are merged (QPS = calls / summed seconds, percentiles
-over every call). Figures: QPS (calls / seconds of the timed window), p50 and p99 in ms; `vs
-baseline` compares each service figure with the no-op figure of the same run.
+answer. Responses are parsed and checked after the timer. For each method and
+concurrency the client holds a channel to each server, makes `WARMUP` untimed calls on
+each, then sends the calls in `BLOCKS` blocks, each block to both servers in turn (the
+order swapped every block): the machine is shared, and a burst of other work then falls
+on both sides alike. Per side, QPS = calls / the summed seconds of its blocks; the
+percentiles are over all its calls. Figures: QPS, p50 and p99 in ms; `vs baseline`
+compares each service figure with the no-op figure of the same run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import gc
 import multiprocessing
 import random
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 
@@ -48,13 +48,12 @@ from rating.v1 import rating_service_pb2 as r
 from rating.v1 import rating_service_pb2_grpc as r_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
-from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 
 METHODS = ("AuthorizeSession", "GetSimStatus")
 CONCURRENCIES = (1, 50)
-WARMUP = 200  # untimed calls before each round
-ROUNDS = 4  # each side's calls in this many rounds, service and no-op alternating
+WARMUP = 500  # untimed calls to each server before the timed blocks
+BLOCKS = 20  # the calls in this many blocks, each sent to both servers in turn
 REQUESTED_QUANTITY = 1_048_576
 SEED = 12
 CALLS_UNIT = "calls/s"
@@ -120,6 +119,7 @@ class CallsResult:
     seconds: float
     latencies_ns: list[int]  # sorted
     problems: list[str] = field(default_factory=list)
+    gc: dict[str, Any] = field(default_factory=dict)  # this process's, during both sides
 
     @property
     def qps(self) -> float:
@@ -136,15 +136,6 @@ class CallsResult:
     @property
     def p99_ms(self) -> float:
         return self.percentile_ms(0.99)
-
-    @classmethod
-    def merge(cls, rounds: list[CallsResult]) -> CallsResult:
-        return cls(
-            calls=sum(x.calls for x in rounds),
-            seconds=sum(x.seconds for x in rounds),
-            latencies_ns=sorted(n for x in rounds for n in x.latencies_ns),
-            problems=[p for x in rounds for p in x.problems],
-        )
 
 
 class HotClient:
@@ -163,13 +154,13 @@ class HotClient:
         return await self._receive("ready")  # type: ignore[no-any-return]
 
     async def run(
-        self, address: str, method: str, concurrency: int, round_: int, *, check: bool = True
-    ) -> CallsResult:
-        """Time round `round_` of the calls (one of ROUNDS equal slices); `check`: each
-        answer must be the SIM's own (the no-op answers one fixed response, so only its
-        parsing is checked)."""
-        self._conn.send(("go", address, method, concurrency, round_, check))
-        return CallsResult(**await self._receive("done"))
+        self, address: str, noop_address: str, method: str, concurrency: int
+    ) -> tuple[CallsResult, CallsResult]:
+        """Time the calls against the service and the no-op server, in alternating blocks;
+        the service's answers are checked (the no-op's only parsed)."""
+        self._conn.send(("go", address, noop_address, method, concurrency))
+        service, noop = await self._receive("done")
+        return CallsResult(**service), CallsResult(**noop)
 
     async def _receive(self, expected: str) -> Any:
         try:
@@ -203,12 +194,11 @@ def _child_main(conn: Connection, sims: int, calls: int) -> None:
             message = conn.recv()
             if message[0] == "stop":
                 return
-            _go, address, method, concurrency, round_, check = message
-            every = requests[method]
-            size = -(-len(every) // ROUNDS)
-            mine = every[round_ * size : (round_ + 1) * size]
-            result = asyncio.run(_drive(address, method, concurrency, mine, warmup[method], check))
-            conn.send(("done", asdict(result)))
+            _go, address, noop_address, method, concurrency = message
+            service, noop = asyncio.run(
+                _drive(address, noop_address, method, concurrency, requests[method], warmup[method])
+            )
+            conn.send(("done", (asdict(service), asdict(noop))))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:
@@ -217,17 +207,23 @@ def _child_main(conn: Connection, sims: int, calls: int) -> None:
 
 async def _drive(
     address: str,
+    noop_address: str,
     method: str,
     concurrency: int,
     requests: list[bytes],
     warmup: list[bytes],
-    check: bool,
-) -> CallsResult:
-    async with grpc.aio.insecure_channel(address) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
-        call = channel.unary_unary(_path(method))  # raw bytes both ways
+) -> tuple[CallsResult, CallsResult]:
+    """Both servers on their own channel; after WARMUP calls on each, the calls in BLOCKS
+    blocks, each block sent to one server then the other (the order swapped every block),
+    so a burst of the machine's other work falls on both sides alike."""
+    channels = [grpc.aio.insecure_channel(a) for a in (address, noop_address)]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        # raw bytes both ways
+        calls = [channel.unary_unary(_path(method)) for channel in channels]
 
-        async def drive(batch: list[bytes]) -> tuple[list[bytes], list[int]]:
+        async def drive(call: Any, batch: list[bytes]) -> tuple[float, list[bytes], list[int]]:
             answers: list[bytes] = [b""] * len(batch)
             latencies = [0] * len(batch)
             position = iter(range(len(batch)))
@@ -239,19 +235,34 @@ async def _drive(
                     answers[index] = await call(batch[index])
                     latencies[index] = clock() - started
 
+            started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return answers, latencies
+            return time.perf_counter() - started, answers, latencies
 
-        await drive(warmup)
-        started = time.perf_counter()
-        answers, latencies = await drive(requests)
-        seconds = time.perf_counter() - started
-    latencies.sort()
-    return CallsResult(
-        calls=len(requests),
-        seconds=seconds,
-        latencies_ns=latencies,
-        problems=_check(method, requests, answers, check),
+        for call in calls:
+            await drive(call, warmup)
+        seconds = [0.0, 0.0]
+        answers: list[list[bytes]] = [[], []]
+        latencies: list[list[int]] = [[], []]
+        size = -(-len(requests) // BLOCKS)
+        for block in range(BLOCKS):
+            batch = requests[block * size : (block + 1) * size]
+            for side in (0, 1) if block % 2 == 0 else (1, 0):
+                took, got, timed = await drive(calls[side], batch)
+                seconds[side] += took
+                answers[side].extend(got)
+                latencies[side].extend(timed)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return tuple(  # type: ignore[return-value]
+        CallsResult(
+            calls=len(requests),
+            seconds=seconds[side],
+            latencies_ns=sorted(latencies[side]),
+            problems=_check(method, requests, answers[side], check=side == 0),
+        )
+        for side in (0, 1)
     )
 
 
@@ -278,21 +289,18 @@ def _check(method: str, requests: list[bytes], answers: list[bytes], check: bool
 
 
 @contextlib.contextmanager
-def production_logging(progress: Any) -> Any:
-    """The service's production logging (JSON lines at INFO) into a temporary file, as
-    `python -m service` writes them to its standard error; yields a dict that gets the
-    lines and bytes written. The bench's own quiet console logging is restored after."""
+def lines_logged(log: TextIO | None) -> Any:
+    """Yields a dict that gets the lines and bytes the service logged meanwhile."""
     figures: dict[str, int] = {}
-    with tempfile.TemporaryFile("w+", prefix="simrating-hot-log-") as log_file:
-        configure_logging("json", logging.INFO, stream=log_file)
-        try:
-            yield figures
-        finally:
-            configure_logging("console", logging.WARNING)
-            log_file.flush()
-            figures["bytes"] = log_file.tell()
-            log_file.seek(0)
-            figures["lines"] = sum(1 for _ in log_file)
+    start = log.tell() if log is not None else 0
+    yield figures
+    if log is not None:
+        log.flush()
+        log.seek(start)
+        written = log.read()
+        figures["bytes"] = len(written)
+        figures["lines"] = written.count("\n")
+        figures["rpc_lines"] = written.count('"event": "rpc"')
 
 
 async def _load(ctx: BenchContext, url: str, options: HotOptions) -> None:
@@ -338,7 +346,12 @@ def _figures(
     key = f"hot_{method}_c{concurrency}"
     base = f"noop_{method}_c{concurrency}"
     what = f"{method} c={concurrency}"
-    details = {"calls": service.calls, "seconds": round(service.seconds, 3)}
+    details = {
+        "calls": service.calls,
+        "seconds": round(service.seconds, 3),
+        "noop_seconds": round(noop.seconds, 3),
+        "gc": service.gc,
+    }
     return [
         Figure(f"{key}_qps", f"{what} QPS", service.qps, CALLS_UNIT, details, f"{base}_qps"),
         Figure(f"{key}_p50", f"{what} p50", service.p50_ms, MS, baseline=f"{base}_p50"),
@@ -349,17 +362,33 @@ def _figures(
     ]
 
 
-async def _alternate(
-    client: HotClient, address: str, noop_address: str, method: str, concurrency: int
-) -> tuple[CallsResult, CallsResult]:
-    """The calls in ROUNDS rounds, service and no-op alternating (so a burst of the
-    machine's other work hits both alike); each side's rounds merged."""
-    service: list[CallsResult] = []
-    noop: list[CallsResult] = []
-    for round_ in range(ROUNDS):
-        service.append(await client.run(address, method, concurrency, round_))
-        noop.append(await client.run(noop_address, method, concurrency, round_, check=False))
-    return CallsResult.merge(service), CallsResult.merge(noop)
+class GcMeter:
+    """Collections of the cyclic garbage collector (this process) and their seconds, by
+    generation, while it is attached (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.seconds[generation] += time.perf_counter() - self._started
+
+    @contextlib.contextmanager
+    def attached(self) -> Any:
+        gc.callbacks.append(self)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self)
+
+    def figures(self) -> dict[str, Any]:
+        return {"collections": self.collections, "seconds": [round(x, 4) for x in self.seconds]}
 
 
 def markdown(rows: list[tuple[str, int, CallsResult, CallsResult]]) -> str:
@@ -390,8 +419,7 @@ async def hot(ctx: BenchContext) -> list[Figure]:
     try:
         async with ctx.fresh_database() as url:
             await _load(ctx, url, options)
-            with production_logging(progress) as logged:
-                rows = await _measure(ctx, client, url, options)
+            rows, logged = await _measure(ctx, client, url, options)
     finally:
         client.close()
     progress.line("hot:\n" + markdown(rows))
@@ -404,7 +432,7 @@ async def hot(ctx: BenchContext) -> list[Figure]:
 
 async def _measure(
     ctx: BenchContext, client: HotClient, url: str, options: HotOptions
-) -> list[tuple[str, int, CallsResult, CallsResult]]:
+) -> tuple[list[tuple[str, int, CallsResult, CallsResult]], dict[str, int]]:
     progress = ctx.progress
     rows: list[tuple[str, int, CallsResult, CallsResult]] = []
     app = Application(service_settings(url), Metrics())
@@ -423,25 +451,30 @@ async def _measure(
         with progress.phase(f"hot: client builds {options.calls:,} requests per method"):
             await client.ready()
         await ctx.checkpoint(url)
-        for concurrency in CONCURRENCIES:
-            for method in METHODS:
-                with (
-                    progress.phase(f"hot: {method} c={concurrency}, service and no-op"),
-                    ctx.profiled(f"hot_{method}_c{concurrency}"),
-                ):
-                    service, noop = await _alternate(
-                        client, address, noop_address, method, concurrency
+        with lines_logged(ctx.service_log) as logged:
+            for concurrency in CONCURRENCIES:
+                for method in METHODS:
+                    with (
+                        progress.phase(f"hot: {method} c={concurrency}, service and no-op"),
+                        ctx.profiled(f"hot_{method}_c{concurrency}"),
+                    ):
+                        gc_meter = GcMeter()
+                        with gc_meter.attached():
+                            service, noop = await client.run(
+                                address, noop_address, method, concurrency
+                            )
+                        collections = gc_meter.figures()
+                    for result in (service, noop):
+                        if result.problems:
+                            raise VerificationFailed(f"hot {method}: {result.problems}")
+                    rows.append((method, concurrency, service, noop))
+                    service.gc = collections
+                    progress.line(
+                        f"hot: {method} c={concurrency}: {service.qps:,.0f} QPS"
+                        f" (no-op {noop.qps:,.0f}), p99 {service.p99_ms:.2f} ms"
+                        f" (no-op {noop.p99_ms:.2f}); gc seconds {collections}"
                     )
-                for result in (service, noop):
-                    if result.problems:
-                        raise VerificationFailed(f"hot {method}: {result.problems}")
-                rows.append((method, concurrency, service, noop))
-                progress.line(
-                    f"hot: {method} c={concurrency}: {service.qps:,.0f} QPS"
-                    f" (no-op {noop.qps:,.0f}), p99 {service.p99_ms:.2f} ms"
-                    f" (no-op {noop.p99_ms:.2f})"
-                )
     finally:
         await noop_server.stop(1)
         await app.stop()
-    return rows
+    return rows, logged
