@@ -28,7 +28,8 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from rating.v1 import (
@@ -80,22 +81,27 @@ SERVICE_NAMES = (
 )
 
 
-class _GenericHandlersOnly:
-    """What the generated `add_*Servicer_to_server` functions use of a server, keeping
-    only each service's generic handler (its methods by name, one dict look-up a call).
+class _ObservedServices:
+    """What the generated `add_*Servicer_to_server` functions use of a server: each
+    service's generic handler is added with every method wrapped by the observability
+    interceptor (authentication, metrics, log line, error mapping), and no method is
+    registered one by one.
 
-    For every method registered with `add_registered_method_handlers`, grpc.aio keeps a
-    pending request and waits on all of them (`asyncio.wait`) each time it accepts a call:
-    with the ~20 methods of our services registered, every call paid for ~20 futures
-    before reaching its handler, more than the handler itself costs. The generic handler
-    serves the same methods, with the same results, through one pending request.
+    Why not `grpc.aio.server(interceptors=...)`: the interceptor pipeline runs coroutines
+    at every call just to find the handler. And for every method registered with
+    `add_registered_method_handlers`, grpc.aio keeps a pending request and waits on all of
+    them (`asyncio.wait`) each time it accepts a call: with the ~20 methods of our
+    services, every call paid for ~20 futures. See docs/performance.md.
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, observability: ObservabilityInterceptor) -> None:
         self._server = server
+        self._observability = observability
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(
+            [self._observability.observed(handler) for handler in handlers]
+        )
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         """Not registered: the generic handler added with them serves these methods."""
@@ -247,15 +253,15 @@ class Application:
             )
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[
-                ObservabilityInterceptor(self.metrics, self.auth, self.settings.rpc_log_reads_every)
-            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 * limit),
             ],
         )
-        services = cast(grpc.aio.Server, _GenericHandlersOnly(server))
+        observability = ObservabilityInterceptor(
+            self.metrics, self.auth, self.settings.rpc_log_reads_every
+        )
+        services = cast(grpc.aio.Server, _ObservedServices(server, observability))
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(catalog, self.cache), services
         )
@@ -273,14 +279,16 @@ class Application:
             ClockServicer(self.clock), services
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
-        # Reflection needs the real server (it checks for grpc.aio); one method, registered.
-        reflection.enable_server_reflection(
-            [
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+        # What reflection.enable_server_reflection adds to a grpc.aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection_aio.ReflectionServicer(
+                [
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ]
+            ),
+            services,
         )
         self.port = self._listen(server)
         await server.start()
