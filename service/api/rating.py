@@ -55,7 +55,9 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         if not request.iccid:
             raise InvalidArgument("iccid", "is required")
         view = sim_view(self._cache, self._clock, request.iccid, self._periods)
-        return pb.GetSimStatusResponse(status=convert.sim_status_to_proto(view))
+        response = pb.GetSimStatusResponse()
+        convert.fill_sim_status(view, response.status)
+        return response
 
     async def AuthorizeSession(
         self, request: pb.AuthorizeSessionRequest, context: grpc.aio.ServicerContext

@@ -39,7 +39,10 @@ def sim_view(
     return SimView(
         sim=sim,
         activation_deadline=activation_deadline(plan, sim.provisioned_at),
-        first_use_progress=threshold_progress(plan.thresholds, usage.lifetime_raw),
+        # lifetime_raw adds up every period the SIM has: only when there is a threshold.
+        first_use_progress=(
+            threshold_progress(plan.thresholds, usage.lifetime_raw) if plan.thresholds else []
+        ),
         current_period=period_name,
         period_usage=sorted(
             ((t, c.raw_quantity) for t, c in usage.period(period_name).items()),
