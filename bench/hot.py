@@ -2,8 +2,8 @@
 
 In this process: a fresh database and the real service (`Application`, test clock at
 `CLOCK_START`), `--hot-sims` SIMs provisioned through ProvisionSims (calls of 10,000) and
-`--hot-records` usage records streamed over them (so the SIMs have usage in the current
-and the previous period, and the heap holds what a loaded service holds). Then the
+`--hot-records` usage records streamed over them (January's, the month before the
+clock: the SIMs carry counters, and the heap holds what a loaded service holds). Then the
 service is restarted on the same database: the timed calls are answered by a service
 whose cache was loaded from PostgreSQL, as in production after a deploy.
 
@@ -13,8 +13,8 @@ size the service gives (one real response, taken before the timer): what gRPC an
 protobuf alone cost for the same messages in one Python process.
 
 In a child process (like bench.client): `--hot-calls` requests per method over random
-SIMs (fixed seed), built and serialized before any timer; sent as raw bytes on one
-channel by `concurrency` coroutines; each call timed from handing it to gRPC to its
+SIMs (fixed seed), built and serialized before any timer; sent as raw bytes by
+`concurrency` coroutines on one channel per server; each call timed from handing it to gRPC to its
 answer. Responses are parsed and checked after the timer. For each method and
 concurrency the client holds a channel to each server, makes `WARMUP` untimed calls on
 each, then sends the calls in `BLOCKS` blocks, each block to both servers in turn (the
