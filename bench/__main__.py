@@ -12,11 +12,14 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
 from bench import registry, report
 from bench.context import BenchContext, Progress
+from bench.hot import HotOptions
 from bench.registry import Figure, VerificationFailed
 from bench.soak import SoakOptions
 from bench.workload import Workload
@@ -54,7 +57,18 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON path")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: duration")
     parser.add_argument("--rate", type=float, help="soak: records/s (default: half the max)")
+    hot = HotOptions()
+    parser.add_argument("--hot-sims", type=int, default=hot.sims, help="hot: SIMs loaded")
+    parser.add_argument(
+        "--hot-records", type=int, default=hot.records, help="hot: usage records loaded"
+    )
+    parser.add_argument("--hot-calls", type=int, default=hot.calls, help="hot: timed calls")
     args = parser.parse_args(argv)
+    for name in ("hot_sims", "hot_calls"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.hot_records < 0:
+        parser.error("--hot-records must be >= 0")
     for name in ("records", "sims", "streams", "batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -63,12 +77,20 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> int:
+async def run(args: argparse.Namespace, selected: list[registry.Benchmark], log: TextIO) -> int:
     sims = args.sims if args.sims is not None else Workload().sims
     workload = Workload(args.records, sims, args.streams, args.batch)
     soak = SoakOptions(args.minutes, args.rate)
+    hot = HotOptions(args.hot_sims, args.hot_records, args.hot_calls)
     ctx = BenchContext(
-        workload, Progress(), args.copy_batch, args.profile, soak=soak, sims_option=args.sims
+        workload,
+        Progress(),
+        args.copy_batch,
+        args.profile,
+        soak=soak,
+        hot=hot,
+        service_log=log,
+        sims_option=args.sims,
     )
     ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
     figures: list[Figure] = []
@@ -89,14 +111,17 @@ async def run(args: argparse.Namespace, selected: list[registry.Benchmark]) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging("console", level=logging.WARNING)
     tune_gc()  # as `python -m service` does: the service runs in this process
     benchmarks = registry.load()
     args = parse_args(argv, list(benchmarks))
     selected = [
         b for name, b in benchmarks.items() if (name in args.only if args.only else b.default)
     ]
-    return asyncio.run(run(args, selected))
+    # The service logs as in production (JSON lines at INFO), into a file: its loggers keep
+    # the configuration of their first use, so this is set once, before any service runs.
+    with tempfile.TemporaryFile("w+", prefix="simrating-bench-log-") as log:
+        configure_logging("json", logging.INFO, stream=log)
+        return asyncio.run(run(args, selected, log))
 
 
 if __name__ == "__main__":

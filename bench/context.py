@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -29,6 +29,7 @@ import asyncpg
 from bench.workload import Workload
 
 if TYPE_CHECKING:
+    from bench.hot import HotOptions
     from bench.soak import SoakOptions
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -85,6 +86,8 @@ class BenchContext:
     profile_path: Path | None = None
     soak: SoakOptions | None = None  # only the soak benchmark reads it
     sims_option: int | None = None  # --sims as given (None: each benchmark's full size)
+    hot: HotOptions | None = None  # only the hot benchmark reads it
+    service_log: TextIO | None = None  # where the in-process services log (JSON lines)
     _server_url: str | None = None
     _embedded: Any = None
     _embedded_dir: tempfile.TemporaryDirectory[str] | None = None

@@ -26,6 +26,7 @@ MODULES = (
     "bench.activation",
     "bench.settlement",
     "bench.history_ingestion",
+    "bench.hot",
     "bench.soak",
     "bench.history",
 )
@@ -48,6 +49,8 @@ class Figure:
     details: dict[str, Any] = field(default_factory=dict)
     # False: no ratio columns (the figure has its own baseline, reported beside it).
     compare: bool = True
+    # The name of a figure of the same run this one is compared with (`vs baseline`).
+    baseline: str | None = None
 
 
 class VerificationFailed(RuntimeError):

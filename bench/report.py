@@ -42,6 +42,8 @@ def ratios(figure: Figure, by_name: dict[str, Figure]) -> dict[str, float | None
             and base.value > 0
         )
         out[key] = round(figure.value / base.value, 3) if comparable else None  # type: ignore[union-attr]
+    own = by_name.get(figure.baseline) if figure.baseline else None
+    out["vs_baseline"] = round(figure.value / own.value, 3) if own and own.value > 0 else None
     return out
 
 
@@ -56,7 +58,7 @@ def _rounded(value: float) -> float:
 
 def table(figures: list[Figure]) -> str:
     by_name = {f.name: f for f in figures}
-    rows = [("figure", "value", "unit", "vs COPY", "vs transport", "vs ingestion")]
+    rows = [("figure", "value", "unit", "vs COPY", "vs transport", "vs ingestion", "vs baseline")]
     for figure in figures:
         r = ratios(figure, by_name)
         rows.append(
@@ -67,6 +69,7 @@ def table(figures: list[Figure]) -> str:
                 "-" if r["vs_copy"] is None else f"{r['vs_copy']:.2f}",
                 "-" if r["vs_transport"] is None else f"{r['vs_transport']:.2f}",
                 "-" if r["vs_ingestion"] is None else f"{r['vs_ingestion']:.2f}",
+                "-" if r["vs_baseline"] is None else f"{r['vs_baseline']:.2f}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

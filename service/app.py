@@ -21,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 from rating.v1 import (
@@ -58,6 +59,7 @@ from service.domain.model import Sim
 from service.ingestion.engine import UsageEngine
 from service.ops.clock import Clock, SystemClock, TestClock
 from service.ops.metrics import Metrics
+from service.ops.runtime import freeze_loaded_heap
 from service.ops.settings import Settings
 from service.state.cache import StateCache
 from service.state.gauges import SimGauges, watch_cache_sizes
@@ -82,6 +84,32 @@ SERVICE_NAMES = (
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     clock_service_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name,
 )
+
+
+class _ObservedServices:
+    """What the generated `add_*Servicer_to_server` functions use of a server: each
+    service's generic handler is added with every method wrapped by the observability
+    interceptor (authentication, metrics, log line, error mapping), and no method is
+    registered one by one.
+
+    Why not `grpc.aio.server(interceptors=...)`: the interceptor pipeline runs coroutines
+    at every call just to find the handler. And for every method registered with
+    `add_registered_method_handlers`, grpc.aio keeps a pending request and waits on all of
+    them (`asyncio.wait`) each time it accepts a call: with the ~20 methods of our
+    services, every call paid for ~20 futures. See docs/performance.md.
+    """
+
+    def __init__(self, server: grpc.aio.Server, observability: ObservabilityInterceptor) -> None:
+        self._server = server
+        self._observability = observability
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            [self._observability.observed(handler) for handler in handlers]
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        """Not registered: the generic handler added with them serves these methods."""
 
 
 class Application:
@@ -126,6 +154,7 @@ class Application:
         self.engine = UsageEngine(self.cache, self.clock)
         self.engine.on_correction_rejected = self._correction_rejected
         await self._load_cache()
+        freeze_loaded_heap()
         catalog = Catalog(self.pool, self.cache, self.clock, state_lock)
         provisioning = Provisioning(self.pool, self.cache, self.clock, state_lock)
         self.activation = ActivationWorker(
@@ -308,34 +337,42 @@ class Application:
             )
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ObservabilityInterceptor(self.metrics, self.auth)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 * limit),
             ],
         )
+        observability = ObservabilityInterceptor(
+            self.metrics, self.auth, self.settings.rpc_log_reads_every
+        )
+        services = cast(grpc.aio.Server, _ObservedServices(server, observability))
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
-            CatalogServicer(catalog, self.cache), server
+            CatalogServicer(catalog, self.cache), services
         )
         provisioning_service_pb2_grpc.add_ProvisioningServiceServicer_to_server(
-            ProvisioningServicer(provisioning, self.cache, self.clock), server
+            ProvisioningServicer(provisioning, self.cache, self.clock), services
         )
         self._rating = RatingServicer(
             self.cache, self.clock, self.persister, self.settings.max_streams
         )
-        rating_service_pb2_grpc.add_RatingServiceServicer_to_server(self._rating, server)
+        rating_service_pb2_grpc.add_RatingServiceServicer_to_server(self._rating, services)
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-            BillingServicer(self.billing), server
+            BillingServicer(self.billing), services
         )
-        clock_service_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+        clock_service_pb2_grpc.add_ClockServiceServicer_to_server(
+            ClockServicer(self.clock), services
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
+        # What reflection.enable_server_reflection adds to a grpc.aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection_aio.ReflectionServicer(
+                [
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ]
+            ),
+            services,
         )
         self.port = self._listen(server)
         await server.start()

@@ -111,3 +111,45 @@ async def test_database_outage_logs_only_json_lines() -> None:
     assert {(e["logger"], e["level"]) for e in floor} == {("asyncpg.pool", "warning")}
     assert all(e["exception"].startswith("Traceback") for e in floor)
     assert events[-1]["event"] == "stopped"
+
+
+async def test_successful_reads_are_logged_one_in_n_writes_and_failures_always(
+    database_url: str,
+) -> None:
+    """RATING_RPC_LOG_READS=10: of 25 GetSimStatus answered OK the 10th and 20th get a line
+    (marked logged_one_in=10); each failing read and each write gets its own line."""
+    server = ServerProcess(
+        {
+            "RATING_DATABASE_URL": database_url,
+            "RATING_CLOCK": "test:2026-01-01T00:00:00Z",
+            "RATING_RPC_LOG_READS": "10",
+        }
+    )
+    try:
+        port = await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stubs = Stubs(channel)
+            [sim] = await account_with_sims(stubs, 1)  # PutPlan, PutAccount, ProvisionSims
+            for _ in range(25):
+                await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=sim))
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as missing:
+                    await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid="8900000000"))
+                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            await rate(stubs, record("written", sim))  # RateUsage: a write
+        assert await server.stop() == 0
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+    calls = [e for e in json_lines("".join(server.log_lines)) if e["event"] == "rpc"]
+    status = [e for e in calls if e["method"] == "GetSimStatus"]
+    assert [(e["code"], e.get("logged_one_in")) for e in status] == [
+        ("OK", 10),
+        ("OK", 10),
+        ("NOT_FOUND", None),
+        ("NOT_FOUND", None),
+        ("NOT_FOUND", None),
+    ]
+    writes = [e["method"] for e in calls if e["method"] != "GetSimStatus"]
+    assert writes == ["PutPlan", "PutAccount", "ProvisionSims", "RateUsage"]
+    assert all("logged_one_in" not in e for e in calls if e["method"] != "GetSimStatus")

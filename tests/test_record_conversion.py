@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import asyncpg
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from rating.v1 import types_pb2 as t
-from service.api.convert import record_from_proto, records_from_proto
+from service.api.convert import record_from_proto, records_from_proto, time_to_proto
 from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY
 from service.ingestion.records import Candidate
 from service.storage.repository import USAGE_COLUMNS
@@ -67,3 +70,24 @@ async def test_a_candidate_is_a_usage_records_row(database_url: str) -> None:
     # must be among them.
     assert set(USAGE_COLUMNS) <= {c["column_name"] for c in columns}
     assert {c["column_name"] for c in columns if c["column_default"] is None} <= set(USAGE_COLUMNS)
+
+
+_OFFSETS = [UTC, timezone(timedelta(hours=-11)), timezone(timedelta(hours=5, minutes=30))]
+
+
+@PROPERTY
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.none()
+    ),
+    st.sampled_from([None, *_OFFSETS]),
+)
+@example(datetime(1969, 12, 31, 23, 59, 59, 999_999), UTC)  # just before the epoch
+def test_time_to_proto_is_timestamp_from_datetime(local: datetime, zone: timezone | None) -> None:
+    """The service's Timestamp conversion gives what protobuf's FromDatetime gives, for
+    aware datetimes in any offset (and naive ones, taken as UTC)."""
+    when = local if zone is None else local.replace(tzinfo=zone)
+    ours, theirs = Timestamp(), Timestamp()
+    time_to_proto(when, ours)
+    theirs.FromDatetime(when)
+    assert (ours.seconds, ours.nanos) == (theirs.seconds, theirs.nanos)

@@ -48,8 +48,15 @@ def optional_time(msg: object, name: str, field: str) -> datetime | None:
 
 
 def time_to_proto(when: datetime | None, target: Timestamp) -> None:
-    if when is not None:
+    if when is None:
+        return
+    if when.tzinfo is None:  # naive: taken as UTC, as Timestamp.FromDatetime does
         target.FromDatetime(when)
+        return
+    # The same value as FromDatetime, without its calendar arithmetic (several times cheaper).
+    delta = when - _EPOCH
+    target.seconds = delta.days * 86_400 + delta.seconds
+    target.nanos = delta.microseconds * 1_000
 
 
 def duration_from_proto(d: Duration, field: str) -> timedelta:
@@ -279,28 +286,34 @@ def add_results(
 
 
 def sim_status_to_proto(view: SimView) -> pb.SimStatus:
+    out = pb.SimStatus()
+    fill_sim_status(view, out)
+    return out
+
+
+def fill_sim_status(view: SimView, out: pb.SimStatus) -> None:
+    """Write the view into `out` (e.g. a response's own `status`, so it is not copied)."""
     sim = view.sim
-    out = pb.SimStatus(
-        iccid=sim.iccid,
-        account_id=sim.account_id,
-        plan_id=sim.plan_id,
-        state=sim.state.value,  # type: ignore[arg-type]
-        billing_start_reason=(
-            sim.billing_start_reason.value if sim.billing_start_reason else 0  # type: ignore[arg-type]
-        ),
-        first_use_progress=[
-            pb.FirstUseProgress(usage_type=t.value, quantity=q, threshold=limit)  # type: ignore[arg-type]
-            for t, q, limit in view.first_use_progress
-        ],
-        current_period=view.current_period,
-        period_usage=usage_quantities(view.period_usage),
-    )
+    out.iccid = sim.iccid
+    out.account_id = sim.account_id
+    out.plan_id = sim.plan_id
+    out.state = sim.state.value  # type: ignore[assignment]
+    if sim.billing_start_reason is not None:
+        out.billing_start_reason = sim.billing_start_reason.value  # type: ignore[assignment]
+    for usage_type, quantity, threshold in view.first_use_progress:
+        out.first_use_progress.add(
+            usage_type=usage_type.value,  # type: ignore[arg-type]
+            quantity=quantity,
+            threshold=threshold,
+        )
+    out.current_period = view.current_period
+    for usage_type, quantity in view.period_usage:
+        out.period_usage.add(usage_type=usage_type.value, quantity=quantity)  # type: ignore[arg-type]
     time_to_proto(sim.provisioned_at, out.provisioned_at)
     time_to_proto(sim.billing_started_at, out.billing_started_at)
     time_to_proto(view.activation_deadline, out.activation_deadline)
     time_to_proto(sim.terminated_at, out.terminated_at)
     time_to_proto(sim.suspended_at, out.suspended_at)
-    return out
 
 
 def invoice_to_proto(invoice: m.Invoice) -> pb.Invoice:

@@ -45,32 +45,99 @@ def status_for(exc: errors.RatingError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class _Call:
-    """Book-keeping of one RPC: start time, labels, outcome."""
+# The unary calls that change nothing. A successful one's log line is written for one call
+# in `log_reads_every` (RATING_RPC_LOG_READS): session-start reads come thousands of times
+# a second, and a JSON line each would cost more than answering them. Writes, streams and
+# every call that fails are always logged; the metrics count every call.
+READ_METHODS = frozenset(
+    {
+        "/rating.v1.RatingService/AuthorizeSession",
+        "/rating.v1.RatingService/GetSimStatus",
+        "/rating.v1.BillingService/GetBillPreview",
+        "/rating.v1.BillingService/GetInvoice",
+        "/rating.v1.BillingService/ListInvoices",
+        "/rating.v1.CatalogService/GetPlan",
+        "/rating.v1.CatalogService/ListPlans",
+        "/rating.v1.CatalogService/GetAccount",
+        "/rating.v1.ClockService/GetTime",
+        "/grpc.health.v1.Health/Check",
+    }
+)
 
-    def __init__(self, metrics: Metrics, method: str, grpc_type: str) -> None:
+
+class _Method:
+    """What every call of one method shares: its names, its labelled metric children
+    (looked up once, not per call) and the sampling of its log line."""
+
+    def __init__(self, metrics: Metrics, method: str, grpc_type: str, log_every: int) -> None:
         _, _, path = method.partition("/")
         self.service, _, self.method = path.partition("/")
-        self.labels = (grpc_type, self.service, self.method)
         self.metrics = metrics
+        self.labels = (grpc_type, self.service, self.method)
+        self.started = metrics.grpc_started.labels(*self.labels)
+        self.seconds = metrics.grpc_handling_seconds.labels(*self.labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self.log_every = log_every  # 1: every call; 0: only failures
+        self._unlogged = 0  # successful calls since the last one logged
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self.metrics.grpc_handled.labels(*self.labels, code.name)
+        return child
+
+    def logs(self, code: grpc.StatusCode) -> bool:
+        """Whether this outcome gets its log line: failures always, successes sampled."""
+        if code is not grpc.StatusCode.OK or self.log_every == 1:
+            return True
+        if self.log_every == 0:
+            return False
+        self._unlogged += 1
+        if self._unlogged < self.log_every:
+            return False
+        self._unlogged = 0
+        return True
+
+
+class _Call:
+    """Book-keeping of one RPC: start time, caller, outcome."""
+
+    __slots__ = ("book", "caller", "started")
+
+    def __init__(self, book: _Method) -> None:
+        self.book = book
         self.started = time.perf_counter()
         self.caller = "-"
-        metrics.grpc_started.labels(*self.labels).inc()
+        book.started.inc()
+
+    @property
+    def method(self) -> str:
+        return self.book.method
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.book.metrics
 
     def authenticate(self, auth: Authenticator, context: grpc.aio.ServicerContext) -> None:
         """Refuse the call (Unauthenticated / PermissionDenied) or note who makes it."""
-        caller = auth.authenticate(self.service, self.method, context.invocation_metadata())
+        book = self.book
+        caller = auth.authenticate(book.service, book.method, context.invocation_metadata())
         self.caller = caller.name
-        self.metrics.grpc_caller_calls.labels(caller.name).inc()
+        book.metrics.caller_calls(caller.name).inc()
 
     def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
         elapsed = time.perf_counter() - self.started
-        self.metrics.grpc_handled.labels(*self.labels, code.name).inc()
-        self.metrics.grpc_handling_seconds.labels(*self.labels).observe(elapsed)
+        book = self.book
+        book.handled(code).inc()
+        book.seconds.observe(elapsed)
+        if not book.logs(code):
+            return
+        if book.log_every > 1 and code is grpc.StatusCode.OK:
+            fields["logged_one_in"] = book.log_every
         log.info(
             "rpc",
-            service=self.service,
-            method=self.method,
+            service=book.service,
+            method=book.method,
             caller=self.caller,
             code=code.name,
             duration_ms=round(elapsed * 1000, 3),
@@ -114,12 +181,43 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authentication, metrics, the log line and error mapping for every RPC."""
+class _ObservedHandlers(grpc.GenericRpcHandler):
+    """A generic handler whose methods are wrapped once each, at their first call."""
 
-    def __init__(self, metrics: Metrics, auth: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        inner: grpc.GenericRpcHandler,
+        wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler],
+    ) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:  # not this service's (nothing is remembered for it)
+                return None
+            wrapped = self._wrapped[method] = self._wrap(handler, method)
+        return wrapped
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authentication, metrics, the log line and error mapping for every RPC.
+
+    The service applies it to each servicer's handlers when adding them (`observed`);
+    as a grpc.aio server interceptor (`intercept_service`) it does the same per call."""
+
+    def __init__(
+        self, metrics: Metrics, auth: Authenticator | None = None, log_reads_every: int = 1
+    ) -> None:
         self._metrics = metrics
         self._auth = auth or Authenticator(None)
+        self._log_reads_every = log_reads_every
+        # By method: the servicer's handler and its wrapped form, built at the first call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -130,6 +228,24 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         if handler is None:
             return handler
         method: str = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def observed(self, handlers: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        """`handlers` (a service's generic handler) with every method wrapped as
+        `intercept_service` wraps it, but without grpc.aio's interceptor pipeline: no
+        coroutine per call to find the handler (see docs/performance.md)."""
+        return _ObservedHandlers(handlers, self._wrap)
+
+    def _book(self, method: str, grpc_type: str) -> _Method:
+        log_every = self._log_reads_every if method in READ_METHODS else 1
+        return _Method(self._metrics, method, grpc_type, log_every)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
@@ -151,10 +267,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return handler
 
     def _wrap_unary(self, behavior: Any, method: str) -> Any:
-        metrics, auth = self._metrics, self._auth
+        book, auth = self._book(method, "unary"), self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(metrics, method, "unary")
+            call = _Call(book)
             try:
                 call.authenticate(auth, context)
                 response = await behavior(request, context)
@@ -176,10 +292,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             # A handler that writes its responses with context.write() and returns (the
             # health servicer's Watch) rather than yielding them.
             return self._wrap_writing_stream(behavior, method, grpc_type)
-        metrics, auth = self._metrics, self._auth
+        book, auth = self._book(method, grpc_type), self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = _Call(metrics, method, grpc_type)
+            call = _Call(book)
             messages = 0
             try:
                 call.authenticate(auth, context)
@@ -199,10 +315,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return wrapper
 
     def _wrap_writing_stream(self, behavior: Any, method: str, grpc_type: str) -> Any:
-        metrics, auth = self._metrics, self._auth
+        book, auth = self._book(method, grpc_type), self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> None:
-            call = _Call(metrics, method, grpc_type)
+            call = _Call(book)
             try:
                 call.authenticate(auth, context)
                 await behavior(request, context)

@@ -54,8 +54,10 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
     ) -> pb.GetSimStatusResponse:
         if not request.iccid:
             raise InvalidArgument("iccid", "is required")
-        view = sim_view(self._cache, self._clock, request.iccid)
-        return pb.GetSimStatusResponse(status=convert.sim_status_to_proto(view))
+        view = sim_view(self._cache, self._clock, request.iccid, self._periods)
+        response = pb.GetSimStatusResponse()
+        convert.fill_sim_status(view, response.status)
+        return response
 
     async def AuthorizeSession(
         self, request: pb.AuthorizeSessionRequest, context: grpc.aio.ServicerContext

@@ -15,18 +15,23 @@ import logging
 import sys
 import threading
 from types import TracebackType
+from typing import TextIO
 
 import structlog
 
 _ROOT_HANDLER_NAME = "simrating"
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+def configure_logging(
+    log_format: str, level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Every logger of the process writes to `stream` (default: standard error)."""
+    stream = stream or sys.stderr
     json = log_format == "json"
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -36,20 +41,23 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    _route_standard_logging(shared, renderer, level)
+    _route_standard_logging(shared, renderer, level, stream)
     if json:
         sys.excepthook = _log_uncaught
         threading.excepthook = _log_uncaught_in_thread
 
 
 def _route_standard_logging(
-    shared: list[structlog.types.Processor], renderer: structlog.types.Processor, level: int
+    shared: list[structlog.types.Processor],
+    renderer: structlog.types.Processor,
+    level: int,
+    stream: TextIO,
 ) -> None:
     """The root logger's only handler renders each record with structlog's processors."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.set_name(_ROOT_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

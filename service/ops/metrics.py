@@ -74,6 +74,7 @@ class Metrics:
         self.grpc_caller_calls = Counter(
             "rating_rpc_calls_total", "RPCs by authenticated caller name.", ("caller",), registry=r
         )
+        self._caller_calls: dict[str, Counter] = {}
         self.internal_errors = Counter(
             "rating_internal_errors",
             "Unexpected failures (bugs, violated database constraints), by operation: an RPC"
@@ -206,3 +207,10 @@ class Metrics:
             "Connections the PostgreSQL pool may open.",
             registry=r,
         )
+
+    def caller_calls(self, caller: str) -> Counter:
+        """The caller's child of rating_rpc_calls_total, looked up once per caller name."""
+        child = self._caller_calls.get(caller)
+        if child is None:
+            child = self._caller_calls[caller] = self.grpc_caller_calls.labels(caller)
+        return child

@@ -21,6 +21,11 @@ _SETTINGS: tuple[tuple[str, str | None, str], ...] = (
     ("RATING_CLOCK", "system", "'system', 'test' or 'test:2026-01-01T00:00:00Z'"),
     ("RATING_LATE_USAGE_WINDOW_S", "86400", "seconds after period end before auto-settlement"),
     ("RATING_LOG_FORMAT", "json", "'json' or 'console'"),
+    (
+        "RATING_RPC_LOG_READS",
+        "100",
+        "log one in N successful read calls (1: every call, 0: none); writes and failures always",
+    ),
     ("RATING_TLS_CERT_FILE", None, "PEM certificate chain: serve TLS (with the key file)"),
     ("RATING_TLS_KEY_FILE", None, "PEM private key of the TLS certificate"),
     ("RATING_TLS_CLIENT_CA_FILE", None, "PEM CA bundle: require client certificates (mTLS)"),
@@ -46,6 +51,8 @@ class Settings:
     clock_start: datetime | None = None
     late_usage_window: timedelta = timedelta(seconds=86400)
     log_format: str = "json"
+    # One successful read call in this many gets its log line (interceptor.READ_METHODS).
+    rpc_log_reads_every: int = 100
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -91,6 +98,7 @@ class Settings:
             clock_start=clock_start,
             late_usage_window=timedelta(seconds=window),
             log_format=log_format,
+            rpc_log_reads_every=_non_negative_int(raw, "RATING_RPC_LOG_READS"),
             tls_cert_file=cert,
             tls_key_file=key,
             tls_client_ca_file=client_ca,

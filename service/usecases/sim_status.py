@@ -8,6 +8,7 @@ from datetime import datetime
 from service.domain.activation import activation_deadline, threshold_progress
 from service.domain.model import Sim, UsageType
 from service.domain.periods import period_containing
+from service.ingestion.engine import PeriodLookup
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 
@@ -21,19 +22,30 @@ class SimView:
     period_usage: list[tuple[UsageType, int]]
 
 
-def sim_view(cache: StateCache, clock: Clock, iccid: str) -> SimView:
+def sim_view(
+    cache: StateCache, clock: Clock, iccid: str, periods: PeriodLookup | None = None
+) -> SimView:
+    """`periods`, if given, remembers the accounts' periods across calls (a hot caller's:
+    computing a period from the account's time zone costs more than the rest of the view)."""
     sim = cache.sim(iccid)
     plan = cache.plan(sim.plan_id)
     account = cache.account(sim.account_id)
-    period = period_containing(clock.now(), account.timezone, account.billing_day)
+    now = clock.now()
+    if periods is not None:
+        period_name = periods.name(account, now)
+    else:
+        period_name = period_containing(now, account.timezone, account.billing_day).name
     usage = cache.usage_of(iccid)
     return SimView(
         sim=sim,
         activation_deadline=activation_deadline(plan, sim.provisioned_at),
-        first_use_progress=threshold_progress(plan.thresholds, usage.lifetime_raw),
-        current_period=period.name,
+        # lifetime_raw adds up every period the SIM has: only when there is a threshold.
+        first_use_progress=(
+            threshold_progress(plan.thresholds, usage.lifetime_raw) if plan.thresholds else []
+        ),
+        current_period=period_name,
         period_usage=sorted(
-            ((t, c.raw_quantity) for t, c in usage.period(period.name).items()),
+            ((t, c.raw_quantity) for t, c in usage.period(period_name).items()),
             key=lambda pair: pair[0].value,
         ),
     )

@@ -1,0 +1,480 @@
+"""Session-start calls against the transport limit: AuthorizeSession and GetSimStatus.
+
+In this process: a fresh database and the real service (`Application`, test clock at
+`CLOCK_START`), `--hot-sims` SIMs provisioned through ProvisionSims (calls of 10,000) and
+`--hot-records` usage records streamed over them (January's, the month before the
+clock: the SIMs carry counters, and the heap holds what a loaded service holds). Then the
+service is restarted on the same database: the timed calls are answered by a service
+whose cache was loaded from PostgreSQL, as in production after a deploy.
+
+Beside it, in the same process, a no-op `grpc.aio` server (no interceptor, no cache) whose
+AuthorizeSession and GetSimStatus parse the request and answer a response of exactly the
+size the service gives (one real response, taken before the timer): what gRPC and
+protobuf alone cost for the same messages in one Python process.
+
+In a child process (like bench.client): `--hot-calls` requests per method over random
+SIMs (fixed seed), built and serialized before any timer; sent as raw bytes by
+`concurrency` coroutines on one channel per server; each call timed from handing it to gRPC to its
+answer. Responses are parsed and checked after the timer. For each method and
+concurrency the client holds a channel to each server, makes `WARMUP` untimed calls on
+each, then sends the calls in `BLOCKS` blocks, each block to both servers in turn (the
+order swapped every block): the machine is shared, and a burst of other work then falls
+on both sides alike. Per side, QPS = calls / the summed seconds of its blocks; the
+percentiles are over all its calls. Figures: QPS, p50 and p99 in ms; `vs baseline`
+compares each service figure with the no-op figure of the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import multiprocessing
+import random
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, TextIO
+
+import grpc
+
+from bench.client import StreamClient
+from bench.context import BenchContext
+from bench.ingestion import provision
+from bench.registry import Figure, VerificationFailed, benchmark
+from bench.workload import Workload, service_settings, sim_iccids
+from rating.v1 import rating_service_pb2 as r
+from rating.v1 import rating_service_pb2_grpc as r_grpc
+from rating.v1 import types_pb2 as t
+from service.app import Application
+from service.ops.metrics import Metrics
+
+METHODS = ("AuthorizeSession", "GetSimStatus")
+CONCURRENCIES = (1, 50)
+WARMUP = 500  # untimed calls to each server before the timed blocks
+BLOCKS = 20  # the calls in this many blocks, each sent to both servers in turn
+REQUESTED_QUANTITY = 1_048_576
+SEED = 12
+CALLS_UNIT = "calls/s"
+MS = "ms"
+
+
+@dataclass(frozen=True, slots=True)
+class HotOptions:
+    sims: int = 1_000_000
+    records: int = 1_000_000
+    calls: int = 20_000
+
+
+def _path(method: str) -> str:
+    return f"/rating.v1.RatingService/{method}"
+
+
+def build_requests(sims: int, calls: int, seed: int) -> dict[str, list[bytes]]:
+    """Per method, `calls` serialized requests over random SIMs (deterministic)."""
+    iccids = sim_iccids(Workload(records=1, sims=sims))
+    rng = random.Random(seed)
+    picks = [iccids[rng.randrange(sims)] for _ in range(calls)]
+    return {
+        "AuthorizeSession": [
+            r.AuthorizeSessionRequest(
+                iccid=iccid, usage_type=t.USAGE_TYPE_DATA, requested_quantity=REQUESTED_QUANTITY
+            ).SerializeToString()
+            for iccid in picks
+        ],
+        "GetSimStatus": [r.GetSimStatusRequest(iccid=iccid).SerializeToString() for iccid in picks],
+    }
+
+
+# --- the no-op server ---------------------------------------------------------------------
+
+
+class NoOpSessionServicer(r_grpc.RatingServiceServicer):
+    """Parses each request, answers a fixed response of the service's size."""
+
+    def __init__(
+        self, authorize: r.AuthorizeSessionResponse, status: r.GetSimStatusResponse
+    ) -> None:
+        self._authorize = authorize
+        self._status = status
+
+    async def AuthorizeSession(
+        self, request: r.AuthorizeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> r.AuthorizeSessionResponse:
+        return self._authorize
+
+    async def GetSimStatus(
+        self, request: r.GetSimStatusRequest, context: grpc.aio.ServicerContext
+    ) -> r.GetSimStatusResponse:
+        return self._status
+
+
+# --- the client (child process) -----------------------------------------------------------
+
+
+@dataclass
+class CallsResult:
+    calls: int
+    seconds: float
+    latencies_ns: list[int]  # sorted
+    problems: list[str] = field(default_factory=list)
+    gc: dict[str, Any] = field(default_factory=dict)  # this process's, during both sides
+
+    @property
+    def qps(self) -> float:
+        return self.calls / self.seconds
+
+    def percentile_ms(self, share: float) -> float:
+        ordered = self.latencies_ns
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] / 1e6
+
+    @property
+    def p50_ms(self) -> float:
+        return self.percentile_ms(0.50)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.percentile_ms(0.99)
+
+
+class HotClient:
+    """Parent side: start the child (it builds its requests), then `run(...)` per phase."""
+
+    def __init__(self, sims: int, calls: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(
+            target=_child_main, args=(child_conn, sims, calls), name="bench-hot", daemon=True
+        )
+        self._process.start()
+        child_conn.close()
+
+    async def ready(self) -> dict[str, Any]:
+        return await self._receive("ready")  # type: ignore[no-any-return]
+
+    async def run(
+        self, address: str, noop_address: str, method: str, concurrency: int
+    ) -> tuple[CallsResult, CallsResult]:
+        """Time the calls against the service and the no-op server, in alternating blocks;
+        the service's answers are checked (the no-op's only parsed)."""
+        self._conn.send(("go", address, noop_address, method, concurrency))
+        service, noop = await self._receive("done")
+        return CallsResult(**service), CallsResult(**noop)
+
+    async def _receive(self, expected: str) -> Any:
+        try:
+            kind, payload = await asyncio.to_thread(self._conn.recv)
+        except EOFError:
+            raise RuntimeError("the client process died") from None
+        if kind == "error":
+            raise RuntimeError(f"the client process failed:\n{payload}")
+        assert kind == expected, (kind, expected)
+        return payload
+
+    def close(self) -> None:
+        try:
+            self._conn.send(("stop",))
+        except OSError:
+            pass
+        self._conn.close()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _child_main(conn: Connection, sims: int, calls: int) -> None:
+    try:
+        started = time.perf_counter()
+        requests = build_requests(sims, calls, SEED)
+        warmup = build_requests(sims, WARMUP, SEED + 1)
+        conn.send(("ready", {"build_seconds": round(time.perf_counter() - started, 2)}))
+        while True:
+            message = conn.recv()
+            if message[0] == "stop":
+                return
+            _go, address, noop_address, method, concurrency = message
+            service, noop = asyncio.run(
+                _drive(address, noop_address, method, concurrency, requests[method], warmup[method])
+            )
+            conn.send(("done", (asdict(service), asdict(noop))))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+async def _drive(
+    address: str,
+    noop_address: str,
+    method: str,
+    concurrency: int,
+    requests: list[bytes],
+    warmup: list[bytes],
+) -> tuple[CallsResult, CallsResult]:
+    """Both servers on their own channel; after WARMUP calls on each, the calls in BLOCKS
+    blocks, each block sent to one server then the other (the order swapped every block),
+    so a burst of the machine's other work falls on both sides alike."""
+    channels = [grpc.aio.insecure_channel(a) for a in (address, noop_address)]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        # raw bytes both ways
+        calls = [channel.unary_unary(_path(method)) for channel in channels]
+
+        async def drive(call: Any, batch: list[bytes]) -> tuple[float, list[bytes], list[int]]:
+            answers: list[bytes] = [b""] * len(batch)
+            latencies = [0] * len(batch)
+            position = iter(range(len(batch)))
+
+            async def worker() -> None:
+                clock = time.perf_counter_ns
+                for index in position:
+                    started = clock()
+                    answers[index] = await call(batch[index])
+                    latencies[index] = clock() - started
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.perf_counter() - started, answers, latencies
+
+        for call in calls:
+            await drive(call, warmup)
+        seconds = [0.0, 0.0]
+        answers: list[list[bytes]] = [[], []]
+        latencies: list[list[int]] = [[], []]
+        size = -(-len(requests) // BLOCKS)
+        for block in range(BLOCKS):
+            batch = requests[block * size : (block + 1) * size]
+            for side in (0, 1) if block % 2 == 0 else (1, 0):
+                took, got, timed = await drive(calls[side], batch)
+                seconds[side] += took
+                answers[side].extend(got)
+                latencies[side].extend(timed)
+    finally:
+        for channel in channels:
+            await channel.close()
+    return tuple(  # type: ignore[return-value]
+        CallsResult(
+            calls=len(requests),
+            seconds=seconds[side],
+            latencies_ns=sorted(latencies[side]),
+            problems=_check(method, requests, answers[side], check=side == 0),
+        )
+        for side in (0, 1)
+    )
+
+
+def _check(method: str, requests: list[bytes], answers: list[bytes], check: bool) -> list[str]:
+    """After the timer: every answer parses; with `check`, every SIM is allowed (and
+    ACTIVE) or its status is its own."""
+    problems: list[str] = []
+    for raw_request, raw in zip(requests, answers, strict=True):
+        if method == "AuthorizeSession":
+            answer = r.AuthorizeSessionResponse.FromString(raw)
+            if check and (not answer.allowed or answer.state != t.SIM_STATE_ACTIVE):
+                problems.append(f"AuthorizeSession: {answer}")
+        else:
+            iccid = r.GetSimStatusRequest.FromString(raw_request).iccid
+            status = r.GetSimStatusResponse.FromString(raw).status
+            if check and status.iccid != iccid:
+                problems.append(f"GetSimStatus {iccid}: {status.iccid!r}")
+        if len(problems) >= 5:
+            break
+    return problems
+
+
+# --- the benchmark ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lines_logged(log: TextIO | None) -> Any:
+    """Yields a dict that gets the lines and bytes the service logged meanwhile."""
+    figures: dict[str, int] = {}
+    start = log.tell() if log is not None else 0
+    yield figures
+    if log is not None:
+        log.flush()
+        log.seek(start)
+        written = log.read()
+        figures["bytes"] = len(written)
+        figures["lines"] = written.count("\n")
+        figures["rpc_lines"] = written.count('"event": "rpc"')
+
+
+async def _load(ctx: BenchContext, url: str, options: HotOptions) -> None:
+    """SIMs provisioned and usage streamed through the service's own API, then stopped."""
+    progress = ctx.progress
+    workload = Workload(records=max(1, options.records), sims=options.sims)
+    app = Application(service_settings(url), Metrics())
+    with progress.phase("hot: start service (empty)"):
+        await app.start()
+    usage = StreamClient(workload) if options.records else None
+    try:
+        address = f"127.0.0.1:{app.port}"
+        with progress.phase(f"hot: provision {options.sims:,} SIMs"):
+            await provision(address, workload)
+        if usage is not None:
+            await usage.ready()
+            with progress.phase(f"hot: stream {options.records:,} usage records"):
+                result = await usage.run(address)
+            rated = result.statuses.get("RECORD_STATUS_RATED", 0)
+            if result.problems or rated != options.records:
+                raise VerificationFailed(f"hot: {rated} RATED; {result.problems}")
+    finally:
+        if usage is not None:
+            usage.close()
+        await app.stop()
+
+
+async def _samples(address: str, iccid: str) -> tuple[Any, Any]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = r_grpc.RatingServiceStub(channel)
+        authorize = await stub.AuthorizeSession(
+            r.AuthorizeSessionRequest(
+                iccid=iccid, usage_type=t.USAGE_TYPE_DATA, requested_quantity=REQUESTED_QUANTITY
+            )
+        )
+        status = await stub.GetSimStatus(r.GetSimStatusRequest(iccid=iccid))
+    return authorize, status
+
+
+def _figures(
+    method: str, concurrency: int, service: CallsResult, noop: CallsResult
+) -> list[Figure]:
+    key = f"hot_{method}_c{concurrency}"
+    base = f"noop_{method}_c{concurrency}"
+    what = f"{method} c={concurrency}"
+    details = {
+        "calls": service.calls,
+        "seconds": round(service.seconds, 3),
+        "noop_seconds": round(noop.seconds, 3),
+        "gc": service.gc,
+    }
+    return [
+        Figure(f"{key}_qps", f"{what} QPS", service.qps, CALLS_UNIT, details, f"{base}_qps"),
+        Figure(f"{key}_p50", f"{what} p50", service.p50_ms, MS, baseline=f"{base}_p50"),
+        Figure(f"{key}_p99", f"{what} p99", service.p99_ms, MS, baseline=f"{base}_p99"),
+        Figure(f"{base}_qps", f"  no-op {what} QPS", noop.qps, CALLS_UNIT),
+        Figure(f"{base}_p50", f"  no-op {what} p50", noop.p50_ms, MS),
+        Figure(f"{base}_p99", f"  no-op {what} p99", noop.p99_ms, MS),
+    ]
+
+
+class GcMeter:
+    """Collections of the cyclic garbage collector (this process) and their seconds, by
+    generation, while it is attached (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.seconds[generation] += time.perf_counter() - self._started
+
+    @contextlib.contextmanager
+    def attached(self) -> Any:
+        gc.callbacks.append(self)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self)
+
+    def figures(self) -> dict[str, Any]:
+        return {"collections": self.collections, "seconds": [round(x, 4) for x in self.seconds]}
+
+
+def markdown(rows: list[tuple[str, int, CallsResult, CallsResult]]) -> str:
+    """The figures as the issue tables them: service and no-op rows, then the ratios."""
+    lines = [
+        "| call | concurrency | QPS | p50 ms | p99 ms | QPS / no-op | p99 / no-op |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, concurrency, service, noop in rows:
+        lines.append(
+            f"| {method} | {concurrency} | {service.qps:,.0f} | {service.p50_ms:.2f}"
+            f" | {service.p99_ms:.2f} | {service.qps / noop.qps:.2f}"
+            f" | {service.p99_ms / noop.p99_ms:.2f} |"
+        )
+        lines.append(
+            f"| no-op {method} | {concurrency} | {noop.qps:,.0f} | {noop.p50_ms:.2f}"
+            f" | {noop.p99_ms:.2f} | | |"
+        )
+    return "\n".join(lines)
+
+
+@benchmark("hot", "AuthorizeSession and GetSimStatus at concurrency 1 and 50 beside a no-op server")
+async def hot(ctx: BenchContext) -> list[Figure]:
+    options = ctx.hot or HotOptions()
+    progress = ctx.progress
+    client = HotClient(options.sims, options.calls)
+    rows: list[tuple[str, int, CallsResult, CallsResult]] = []
+    try:
+        async with ctx.fresh_database() as url:
+            await _load(ctx, url, options)
+            rows, logged = await _measure(ctx, client, url, options)
+    finally:
+        client.close()
+    progress.line("hot:\n" + markdown(rows))
+    figures: list[Figure] = []
+    for method, concurrency, service, noop in rows:
+        figures.extend(_figures(method, concurrency, service, noop))
+    figures[0].details.update(sims=options.sims, records=options.records, service_log=logged)
+    return figures
+
+
+async def _measure(
+    ctx: BenchContext, client: HotClient, url: str, options: HotOptions
+) -> tuple[list[tuple[str, int, CallsResult, CallsResult]], dict[str, int]]:
+    progress = ctx.progress
+    rows: list[tuple[str, int, CallsResult, CallsResult]] = []
+    app = Application(service_settings(url), Metrics())
+    with progress.phase(f"hot: restart the service ({options.sims:,} SIMs loaded)"):
+        await app.start()
+    noop_server = grpc.aio.server()
+    try:
+        address = f"127.0.0.1:{app.port}"
+        authorize, status = await _samples(address, sim_iccids(Workload(sims=1))[0])
+        r_grpc.add_RatingServiceServicer_to_server(
+            NoOpSessionServicer(authorize, status),  # type: ignore[abstract]
+            noop_server,
+        )
+        noop_address = f"127.0.0.1:{noop_server.add_insecure_port('127.0.0.1:0')}"
+        await noop_server.start()
+        with progress.phase(f"hot: client builds {options.calls:,} requests per method"):
+            await client.ready()
+        await ctx.checkpoint(url)
+        with lines_logged(ctx.service_log) as logged:
+            for concurrency in CONCURRENCIES:
+                for method in METHODS:
+                    with (
+                        progress.phase(f"hot: {method} c={concurrency}, service and no-op"),
+                        ctx.profiled(f"hot_{method}_c{concurrency}"),
+                    ):
+                        gc_meter = GcMeter()
+                        with gc_meter.attached():
+                            service, noop = await client.run(
+                                address, noop_address, method, concurrency
+                            )
+                        collections = gc_meter.figures()
+                    for result in (service, noop):
+                        if result.problems:
+                            raise VerificationFailed(f"hot {method}: {result.problems}")
+                    rows.append((method, concurrency, service, noop))
+                    service.gc = collections
+                    progress.line(
+                        f"hot: {method} c={concurrency}: {service.qps:,.0f} QPS"
+                        f" (no-op {noop.qps:,.0f}), p99 {service.p99_ms:.2f} ms"
+                        f" (no-op {noop.p99_ms:.2f}); gc seconds {collections}"
+                    )
+    finally:
+        await noop_server.stop(1)
+        await app.stop()
+    return rows, logged
