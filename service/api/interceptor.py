@@ -248,7 +248,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
+                self._wrap_awaited(handler.unary_unary, method, "unary"),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -266,8 +266,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             )
         return handler
 
-    def _wrap_unary(self, behavior: Any, method: str) -> Any:
-        book, auth = self._book(method, "unary"), self._auth
+    def _wrap_awaited(self, behavior: Any, method: str, grpc_type: str) -> Any:
+        """A handler awaited for its answer: a unary call, or a stream whose handler writes
+        with context.write() and returns."""
+        book, auth = self._book(method, grpc_type), self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = _Call(book)
@@ -291,7 +293,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         if not inspect.isasyncgenfunction(behavior):
             # A handler that writes its responses with context.write() and returns (the
             # health servicer's Watch) rather than yielding them.
-            return self._wrap_writing_stream(behavior, method, grpc_type)
+            return self._wrap_awaited(behavior, method, grpc_type)
         book, auth = self._book(method, grpc_type), self._auth
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -311,25 +313,5 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             except Exception as exc:
                 await _fail(call, context, exc)
             call.finish(_code_of(context), messages=messages)
-
-        return wrapper
-
-    def _wrap_writing_stream(self, behavior: Any, method: str, grpc_type: str) -> Any:
-        book, auth = self._book(method, grpc_type), self._auth
-
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> None:
-            call = _Call(book)
-            try:
-                call.authenticate(auth, context)
-                await behavior(request, context)
-            except asyncio.CancelledError:
-                call.finish(grpc.StatusCode.CANCELLED)
-                raise
-            except grpc.aio.AbortError:
-                call.finish(_code_of(context))
-                raise
-            except Exception as exc:
-                await _fail(call, context, exc)
-            call.finish(_code_of(context))
 
         return wrapper

@@ -22,7 +22,14 @@ from rich.table import Table
 from rating.v1 import types_pb2 as t
 from service.domain.model import Invoice
 from service.storage import repository
-from service.usecases.invoice_export import CSV_COLUMNS, decimal_amount, export_csv, export_json
+from service.usecases.invoice_export import (
+    CSV_COLUMNS,
+    decimal_amount,
+    export_csv,
+    export_json,
+    line_row,
+    total_row,
+)
 
 
 def enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -35,33 +42,25 @@ def proto_csv(invoice: t.Invoice) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    header = {"account_id": invoice.account_id, "period": invoice.period}
-    header["currency"] = invoice.currency
+    header = {
+        "account_id": invoice.account_id,
+        "period": invoice.period,
+        "currency": invoice.currency,
+    }
     for line in invoice.lines:
         writer.writerow(
-            {
-                **header,
-                "section": "line",
-                "kind": enum_name(t.LineKind, line.kind, "LINE_KIND_"),
-                "plan_id": line.plan_id,
-                "usage_type": enum_name(t.UsageType, line.usage_type, "USAGE_TYPE_"),
-                "quantity": line.quantity,
-                "chargeable_quantity": line.chargeable_quantity,
-                "amount": decimal_amount(line.amount_micros, invoice.currency),
-                "amount_micros": line.amount_micros,
-                "description": line.description,
-            }
+            line_row(
+                header,
+                kind=enum_name(t.LineKind, line.kind, "LINE_KIND_"),
+                plan_id=line.plan_id,
+                usage_type=enum_name(t.UsageType, line.usage_type, "USAGE_TYPE_"),
+                quantity=line.quantity,
+                chargeable_quantity=line.chargeable_quantity,
+                amount_micros=line.amount_micros,
+                description=line.description,
+            )
         )
-    writer.writerow(
-        {
-            **header,
-            "section": "total",
-            "quantity": invoice.billable_sims,
-            "amount": decimal_amount(invoice.total_micros, invoice.currency),
-            "amount_micros": invoice.total_micros,
-            "description": "total; quantity = billable SIMs",
-        }
-    )
+    writer.writerow(total_row(header, invoice.billable_sims, invoice.total_micros))
     return out.getvalue()
 
 

@@ -56,18 +56,16 @@ def export_csv(invoice: Invoice) -> str:
     }
     for line in invoice.lines:
         writer.writerow(
-            {
-                **header,
-                "section": "line",
-                "kind": line.kind.name,
-                "plan_id": line.plan_id,
-                "usage_type": line.usage_type.name if line.usage_type else "",
-                "quantity": line.quantity,
-                "chargeable_quantity": line.chargeable_quantity,
-                "amount": decimal_amount(line.amount_micros, invoice.currency),
-                "amount_micros": line.amount_micros,
-                "description": line.description,
-            }
+            line_row(
+                header,
+                kind=line.kind.name,
+                plan_id=line.plan_id,
+                usage_type=line.usage_type.name if line.usage_type else "",
+                quantity=line.quantity,
+                chargeable_quantity=line.chargeable_quantity,
+                amount_micros=line.amount_micros,
+                description=line.description,
+            )
         )
     for sim in invoice.sims:
         common = {
@@ -91,17 +89,46 @@ def export_csv(invoice: Invoice) -> str:
                     "raw_quantity": facts.raw_quantity,
                 }
             )
-    writer.writerow(
-        {
-            **header,
-            "section": "total",
-            "quantity": invoice.billable_sims,
-            "amount": decimal_amount(invoice.total_micros, invoice.currency),
-            "amount_micros": invoice.total_micros,
-            "description": "total; quantity = billable SIMs",
-        }
-    )
+    writer.writerow(total_row(header, invoice.billable_sims, invoice.total_micros))
     return out.getvalue()
+
+
+def line_row(
+    header: dict[str, str],
+    *,
+    kind: str,
+    plan_id: str,
+    usage_type: str,
+    quantity: int,
+    chargeable_quantity: int,
+    amount_micros: int,
+    description: str,
+) -> dict[str, object]:
+    """One invoice line's CSV row; `header` holds account_id, period and currency."""
+    return {
+        **header,
+        "section": "line",
+        "kind": kind,
+        "plan_id": plan_id,
+        "usage_type": usage_type,
+        "quantity": quantity,
+        "chargeable_quantity": chargeable_quantity,
+        "amount": decimal_amount(amount_micros, header["currency"]),
+        "amount_micros": amount_micros,
+        "description": description,
+    }
+
+
+def total_row(header: dict[str, str], billable_sims: int, total_micros: int) -> dict[str, object]:
+    """The invoice's total CSV row (quantity = billable SIMs)."""
+    return {
+        **header,
+        "section": "total",
+        "quantity": billable_sims,
+        "amount": decimal_amount(total_micros, header["currency"]),
+        "amount_micros": total_micros,
+        "description": "total; quantity = billable SIMs",
+    }
 
 
 def decimal_amount(micros: int, currency: str) -> str:
