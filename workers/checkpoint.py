@@ -74,6 +74,11 @@ class CheckpointWorker:
                 await self.run_once()
             except StorageUnavailable as exc:
                 log.warning("checkpoint deferred: database unavailable", error=str(exc))
+            except Exception:
+                # Not an outage (a bug, a violated constraint): logged and counted; the SIMs
+                # stay marked and the next checkpoint tries again, the service keeps running.
+                self._metrics.internal_errors.labels("checkpoint").inc()
+                log.exception("checkpoint failed")
 
     async def run_once(self) -> int | None:
         """Write one checkpoint (nothing if nothing changed since the last one); its
@@ -96,12 +101,12 @@ class CheckpointWorker:
                     await repository.write_checkpoint(
                         conn, snapshot.rows, snapshot.starts, snapshot.watermark
                     )
-            except BaseException as exc:
+            except BaseException:
+                # Outages arrive as StorageUnavailable (repository.transaction); either way
+                # the SIMs are marked again, for the next checkpoint.
                 self._cache.dirty |= snapshot.sims
                 self._cache.new_starts |= snapshot.started
                 self._metrics.checkpoints.labels("failed").inc()
-                if isinstance(exc, asyncpg.PostgresError):
-                    raise StorageUnavailable(f"database error: {exc.__class__.__name__}") from exc
                 raise
             elapsed = time.perf_counter() - started
             self._written = snapshot.watermark

@@ -110,9 +110,9 @@ class UsagePartitions:
         try:
             async with storage_errors(), pool.acquire() as conn:
                 self._known = await create_partitions(conn, periods)
-        except asyncpg.PostgresError as exc:
+        except asyncpg.LockNotAvailableError as exc:  # lock_timeout: busy now, not broken
             raise StorageUnavailable(
-                f"cannot create usage partitions: {exc.__class__.__name__}"
+                f"cannot create usage partitions now: {exc.__class__.__name__}"
             ) from exc
         self._read_at = time.monotonic()
 
