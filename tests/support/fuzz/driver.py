@@ -211,7 +211,7 @@ class Fuzzer:
 
     def _count(self, record: t.UsageRecord) -> None:
         key = self.model.key(record)
-        assert key is not None, f"rated for an unknown SIM {record.iccid!r}"
+        assert key is not None, f"rated, yet of no SIM or period known: {record.record_id!r}"
         assert key not in self.model.rated_ids, f"counted twice: {key}"
         self.model.rated_ids.add(key)
         self.model.rated[(record.iccid, key[1])][record.usage_type] += record.quantity

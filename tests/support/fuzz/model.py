@@ -78,14 +78,18 @@ class Model:
     record_statuses: Counter[str] = dataclasses.field(default_factory=Counter)
 
     def key(self, record: t.UsageRecord) -> tuple[str, str] | None:
-        """(record_id, period name) of a record of a known SIM; None for another."""
+        """(record_id, period name) of a record of a known SIM; None for another, and for a
+        record whose event time is no valid timestamp or lies in no period of its account
+        (before 0001-01 or after 9999-12 there): the service never stores such a record."""
         sim = self.sims.get(record.iccid)
         if sim is None:
             return None
         account = self.accounts[sim[0]]
-        period = period_containing(
-            record.event_time.ToDatetime(UTC), account.timezone or "UTC", account.billing_day or 1
-        )
+        try:
+            when = record.event_time.ToDatetime(UTC)
+            period = period_containing(when, account.timezone or "UTC", account.billing_day or 1)
+        except (ValueError, OverflowError):
+            return None
         return record.record_id, period.name
 
     def now_seconds(self) -> int:
