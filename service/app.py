@@ -197,7 +197,12 @@ class Application:
         self.billing = Billing(self.pool, self.cache, self.clock, self.metrics, state_lock)
         # Settlement after activation: on a test clock every advance runs activations first.
         self.settlement = SettlementWorker(
-            self.billing, self.cache, self.clock, self.settings.late_usage_window, self.metrics
+            self.billing,
+            self.cache,
+            self.clock,
+            self.settings.late_usage_window,
+            self.metrics,
+            checkpoint=self.checkpoint.run_once,
         )
         if isinstance(self.clock, TestClock):
             self.clock.subscribe(self.settlement.run_once)

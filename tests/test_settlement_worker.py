@@ -156,3 +156,28 @@ async def test_overdue_gauge_counts_periods_a_failed_settlement_holds_back(
     await advance(stubs, utc(2026, 3, 5, 0, 1))
     assert [x.period for x in await list_invoices(stubs)] == ["2026-01", "2026-02"]
     assert sample("rating_settlement_overdue_periods") == 0
+
+
+async def test_a_settlement_run_checkpoints_the_usage_counters_first(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    """Each invoice's statement then reads the aggregate rows, not every record past a
+    lagging watermark: after the run the watermark is the last committed record's."""
+    app, stubs = app_stubs
+    await put_plans(stubs, data_plan("P"))
+    await put_account(stubs)
+    sims = iccids(1, 3)
+    await provision(stubs, sims, T0)
+    sent = [record(f"r{n}", sim, 1_000 * (n + 1)) for n, sim in enumerate(sims)]
+    assert [x.status for x in await rate(stubs, *sent)] == [t.RECORD_STATUS_RATED] * 3
+    async with app.pool.acquire() as conn:
+        last = await conn.fetchval("SELECT max(seq) FROM usage_records")
+        assert await conn.fetchval("SELECT watermark FROM usage_checkpoint") < last
+    await advance(stubs, FEB_1 + timedelta(days=1))
+    async with app.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT watermark FROM usage_checkpoint") == last
+    invoice = await get_invoice(stubs, "2026-01")
+    assert dict(amounts(invoice))["USAGE"] == 0  # within the included quantity
+    sample = app.metrics.registry.get_sample_value
+    assert sample("rating_checkpoints_total", {"result": "written"}) == 1
+    assert sample("rating_settlement_mismatches_total") == 0

@@ -579,7 +579,10 @@ WITH s AS MATERIALIZED (
 ), a AS MATERIALIZED (
     SELECT a.iccid, a.usage_type, a.raw_quantity, a.charged_raw_quantity,
            a.charged_rated_quantity, a.records, a.charged_records, a.seq
-    FROM usage_aggregates a JOIN s USING (iccid) WHERE a.period = $2
+    FROM usage_aggregates a
+    -- One primary-key probe per SIM of the account (a join would scan the period's rows of
+    -- every account: 2.7 s instead of 0.07 s for 10,000 of 1,000,000 SIMs).
+    WHERE a.period = $2 AND a.iccid = ANY(ARRAY(SELECT iccid FROM s))
 ), parts AS (
     SELECT iccid, usage_type, raw_quantity AS raw, charged_raw_quantity AS charged_raw,
            charged_rated_quantity AS charged_rated, records, charged_records
