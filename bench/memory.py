@@ -9,7 +9,7 @@ and reports what each part of it costs:
 1. `--sims` SIMs (realistic 19-digit ICCIDs) in 100 accounts on 2 plans, installed with
    `StateCache.put_sims` in two forms: as `ProvisionSims` builds them (one instant and one
    account/plan id string per call of 10,000) and as a start loads them from PostgreSQL
-   (rows with their own strings and datetimes, as asyncpg decodes them, through
+   (rows with their own strings and instants, as the start's query returns them, through
    `repository.sims_from_rows`);
 2. one open period (2026-01) with usage for 90% of the SIMs, DATA, and for 10% also SMS,
    either counted through `UsageEngine` (check_all, plan_starts, apply: the persister's
@@ -105,21 +105,22 @@ def sims(count: int, loaded: bool) -> Iterator[Sim]:
                 iccid = make_iccid(4_000_000_000 + n)
                 yield Sim(iccid, account_id, plan_id, at, SimState.ACTIVE, at, IMMEDIATE)
             continue
-        rows = [  # as asyncpg decodes them: new objects for every value of every row
-            {
-                "iccid": make_iccid(4_000_000_000 + n),
-                "account_id": copy(account_id),
-                "plan_id": copy(plan_id),
-                "provisioned_at": datetime.fromtimestamp(at.timestamp(), UTC),
-                "state": SimState.ACTIVE.value,
-                "billing_started_at": datetime.fromtimestamp(at.timestamp(), UTC),
-                "billing_start_reason": IMMEDIATE.value,
-                "suspended_at": None,
-                "terminated_at": None,
-            }
+        micros = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        rows = [  # as the start's query returns them: new objects for every value of every row
+            (
+                make_iccid(4_000_000_000 + n),
+                copy(account_id),
+                copy(plan_id),
+                int(str(micros)),
+                SimState.ACTIVE.value,
+                int(str(micros)),
+                IMMEDIATE.value,
+                None,
+                None,
+            )
             for n in call
         ]
-        yield from repository.sims_from_rows(rows)  # type: ignore[arg-type]
+        yield from repository.sims_from_rows(rows)
 
 
 def new_cache(sim_count: int, loaded: bool) -> StateCache:

@@ -223,12 +223,14 @@ class Application:
 
     async def _load_cache(self) -> None:
         started = time.perf_counter()
-        async with self.pool.acquire() as conn:
+        # One snapshot: every table as of one instant (nothing else writes at start, but a
+        # cursor needs a transaction anyway).
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             for plan in await repository.load_plans(conn):
                 self.cache.put_plan(plan)
             for account in await repository.load_accounts(conn):
                 self.cache.put_account(account)
-            self.cache.put_sims(await repository.load_sims(conn))
+            self.cache.load_sims([s async for chunk in repository.load_sims(conn) for s in chunk])
             self.cache.add_settled(await repository.settled_periods(conn))
             sim_periods, replayed = await self._load_usage(conn)
         log.info(
@@ -254,12 +256,16 @@ class Application:
         for period in await repository.aggregate_periods(conn):
             open_accounts = [a for a in with_sims if (a, period) not in cache.settled]
             if open_accounts:
-                rows = await repository.period_aggregates(conn, period, open_accounts)
-                loaded += cache.restore_period(period, rows)
+                everyone = len(open_accounts) == len(with_sims)
+                async for rows in repository.period_aggregates(
+                    conn, period, None if everyone else open_accounts
+                ):
+                    loaded += cache.restore_period(period, rows)
         cache.restore_uncharged(
             self._uncharged_at(watermark, await repository.uncharged_rows(conn))
         )
-        cache.restore_settled_raw(await repository.settled_usage(conn))
+        async for settled in repository.settled_usage(conn):
+            cache.restore_settled_raw(settled)
         self.engine.charge_restored_uncharged()
         replayed, self._committed_seq = await self._replay(conn, watermark)
         self.metrics.cache_loaded_sim_periods.set(loaded)

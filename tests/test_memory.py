@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from service.domain.iccid import make_iccid
 from service.domain.model import (
@@ -35,6 +35,10 @@ SIMS = 5_000
 HOUR = timedelta(hours=1)
 
 
+def micros(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
 def fresh(text: str) -> str:
     """A new string object equal to `text`."""
     return "".join([text[:1], text[1:]])
@@ -43,18 +47,18 @@ def fresh(text: str) -> str:
 def test_bytes_per_sim_and_per_sim_period() -> None:
     plan = plan_p(activation_mode=ActivationMode.IMMEDIATE, thresholds=())
     iccids = [make_iccid(9_000_000 + n) for n in range(SIMS)]
-    rows = [
-        {
-            "iccid": iccid,
-            "account_id": fresh("account-1"),
-            "plan_id": fresh(plan.plan_id),
-            "provisioned_at": T0 - timedelta(days=1, microseconds=-n // 1_000),
-            "state": SimState.ACTIVE.value,
-            "billing_started_at": T0 - timedelta(days=1, microseconds=-n // 1_000),
-            "billing_start_reason": BillingStartReason.IMMEDIATE.value,
-            "suspended_at": None,
-            "terminated_at": None,
-        }
+    rows = [  # as the start's query returns them: instants in microseconds since 1970
+        (
+            iccid,
+            fresh("account-1"),
+            fresh(plan.plan_id),
+            micros(T0 - timedelta(days=1, microseconds=-n // 1_000)),
+            SimState.ACTIVE.value,
+            micros(T0 - timedelta(days=1, microseconds=-n // 1_000)),
+            BillingStartReason.IMMEDIATE.value,
+            None,
+            None,
+        )
         for n, iccid in enumerate(iccids)
     ]
     records = [

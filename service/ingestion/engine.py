@@ -408,8 +408,10 @@ class UsageEngine:
         earlier, so installing the current one again is exact). Returns how many."""
         charged = 0
         for iccid, usage in self._cache.usage.items():
+            if not usage.uncharged:  # most SIMs: nothing before their billing start
+                continue
             sim = self._cache.sims[iccid]
-            if usage.uncharged and sim.billing_started_at is not None:
+            if sim.billing_started_at is not None:
                 if count := self._charge_from_start(sim):
                     self._cache.new_starts.add(iccid)
                     charged += count

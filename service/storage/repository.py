@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 
 from service.domain.errors import StorageUnavailable
+from service.domain.limits import INT64_MAX
 from service.domain.model import (
     USAGE_TYPES_BY_VALUE,
     Account,
@@ -280,44 +281,107 @@ def _sim_row(sim: Sim) -> tuple[Any, ...]:
     )
 
 
-def _same(value: T) -> T:
-    return value
-
-
-def _sim_from_row(row: asyncpg.Record, share: Callable[[Any], Any] = _same) -> Sim:
+def _sim_from_row(row: asyncpg.Record) -> Sim:
     reason = row["billing_start_reason"]
     return Sim(
         iccid=row["iccid"],
-        account_id=share(row["account_id"]),
-        plan_id=share(row["plan_id"]),
-        provisioned_at=share(row["provisioned_at"]),
+        account_id=row["account_id"],
+        plan_id=row["plan_id"],
+        provisioned_at=row["provisioned_at"],
         state=SimState(row["state"]),
-        billing_started_at=share(row["billing_started_at"]),
+        billing_started_at=row["billing_started_at"],
         billing_start_reason=BillingStartReason(reason) if reason is not None else None,
         suspended_at=row["suspended_at"],
         terminated_at=row["terminated_at"],
     )
 
 
-async def load_sims(conn: asyncpg.Connection) -> list[Sim]:
-    rows = await conn.fetch(f"SELECT {', '.join(_SIM_COLUMNS)} FROM sims")
-    return sims_from_rows(rows)
+# The start reads every SIM: its instants as int8 microseconds since the Unix epoch
+# (EXTRACT is exact numeric), which decode in C, instead of timestamptz values decoded
+# one by one in Python (2.3 s instead of 4.7 s for 1,000,000 rows).
+_SIM_LOAD_SQL = (
+    "SELECT "
+    + ", ".join(
+        f"(extract(epoch FROM {column}) * 1000000)::int8" if column.endswith("_at") else column
+        for column in _SIM_COLUMNS
+    )
+    + " FROM sims"
+)
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SIM_STATES = {state.value: state for state in SimState}
+_START_REASONS: dict[int | None, BillingStartReason | None] = {
+    reason.value: reason for reason in BillingStartReason
+}
+_START_REASONS[None] = None
+_SHARED_VALUES = 65_536  # the bound of the loaders' memos
 
 
-def sims_from_rows(rows: Iterable[asyncpg.Record]) -> list[Sim]:
-    """The SIMs of `rows`. Each row brings its own strings and datetimes; the SIMs of one
-    account or plan, or provisioned together, share one object of each value instead
-    (~200 bytes less per SIM: docs/storage.md, Memory). The memo is bounded."""
-    shared: dict[object, Any] = {}
+_LOAD_CHUNK = 50_000  # rows in memory at a time while the start reads a table
 
-    def share(value: Any) -> Any:
+
+async def load_sims(conn: asyncpg.Connection) -> AsyncIterator[list[Sim]]:
+    """Every SIM, in chunks (inside a transaction: a cursor). A chunk's rows are freed
+    before the next is read: read at once, 1,000,000 rows took ~300 MB more at peak, and
+    the SIMs built between them kept much of it from being returned (RSS)."""
+    async for rows in _chunks(conn, _SIM_LOAD_SQL):
+        yield sims_from_rows(rows)
+
+
+async def _chunks(conn: asyncpg.Connection, sql: str, *args: Any) -> AsyncIterator[list[Any]]:
+    cursor = await conn.cursor(sql, *args)
+    while rows := await cursor.fetch(_LOAD_CHUNK):
+        yield rows
+
+
+def sims_from_rows(rows: Iterable[Sequence[Any]]) -> list[Sim]:
+    """The SIMs of `rows`: the columns of `_SIM_COLUMNS` in order, instants as
+    microseconds since the Unix epoch (or None). The SIMs of one account or plan, or
+    provisioned together, share one object of each value instead of one per row (~200
+    bytes less per SIM: docs/storage.md, Memory); the memos are bounded. Built by
+    unpacking, with the enums from dicts: 1,000,000 SIMs in ~3 s instead of ~8 s."""
+    texts: dict[str, str] = {}
+    instants: dict[int, datetime] = {}
+    epoch, micros, states, reasons = _UNIX_EPOCH, _MICROSECOND, _SIM_STATES, _START_REASONS
+
+    def text(value: str) -> str:
+        if len(texts) >= _SHARED_VALUES:
+            texts.clear()
+        return texts.setdefault(value, value)
+
+    def instant(value: int | None) -> datetime | None:
         if value is None:
             return None
-        if len(shared) >= 65_536:
-            shared.clear()
-        return shared.setdefault(value, value)
+        known = instants.get(value)
+        if known is None:
+            if len(instants) >= _SHARED_VALUES:
+                instants.clear()
+            known = instants[value] = epoch + value * micros
+        return known
 
-    return [_sim_from_row(row, share) for row in rows]
+    return [
+        Sim(
+            iccid,
+            text(account_id),
+            text(plan_id),
+            instant(provisioned_at),  # type: ignore[arg-type]
+            states[state],
+            instant(billing_started_at),
+            reasons[reason],
+            instant(suspended_at),
+            instant(terminated_at),
+        )
+        for (
+            iccid,
+            account_id,
+            plan_id,
+            provisioned_at,
+            state,
+            billing_started_at,
+            reason,
+            suspended_at,
+            terminated_at,
+        ) in rows
+    ]
 
 
 async def fetch_sims(conn: asyncpg.Connection, iccids: Sequence[str]) -> dict[str, Sim]:
@@ -679,19 +743,30 @@ async def aggregate_periods(conn: asyncpg.Connection) -> list[str]:
 
 
 async def period_aggregates(
-    conn: asyncpg.Connection, period: str, account_ids: Sequence[str]
-) -> list[tuple[str, int, int, int, int, int, int]]:
+    conn: asyncpg.Connection, period: str, account_ids: Sequence[str] | None
+) -> AsyncIterator[list[tuple[str, int, int, int, int, int, int]]]:
     """(iccid, usage_type, raw, charged raw, charged rated, records, charged records) of the
-    SIMs of `account_ids` in `period`."""
-    rows = await conn.fetch(
-        """SELECT a.iccid, a.usage_type, a.raw_quantity, a.charged_raw_quantity,
-                  a.charged_rated_quantity, a.records, a.charged_records
-           FROM usage_aggregates a JOIN sims s ON s.iccid = a.iccid
-           WHERE a.period = $1 AND s.account_id = ANY($2::text[])""",
+    SIMs of `account_ids` in `period`, of every SIM when None (no join with sims); in
+    chunks (inside a transaction)."""
+    columns = """a.iccid, a.usage_type, a.raw_quantity{cast}, a.charged_raw_quantity{cast},
+                 a.charged_rated_quantity{cast}, a.records, a.charged_records"""
+    if account_ids is None:
+        sql = f"SELECT {columns} FROM usage_aggregates a WHERE a.period = $1"
+        args: list[Any] = [period]
+    else:
+        sql = f"""SELECT {columns} FROM usage_aggregates a JOIN sims s ON s.iccid = a.iccid
+                  WHERE a.period = $1 AND s.account_id = ANY($2::text[])"""
+        args = [period, account_ids]
+    exact = await conn.fetchval(
+        "SELECT NOT EXISTS (SELECT FROM usage_aggregates WHERE period = $1 AND"
+        f" greatest(raw_quantity, charged_raw_quantity, charged_rated_quantity) > {INT64_MAX})",
         period,
-        account_ids,
     )
-    return [(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), row[5], row[6]) for row in rows]
+    async for rows in _chunks(conn, sql.format(cast="::int8" if exact else "::text"), *args):
+        if exact:  # as ints, decoded in C: 2-3x faster than numeric's Decimals
+            yield rows
+        else:  # a total beyond int8 (numeric is unbounded): exact, through text
+            yield [(r[0], r[1], int(r[2]), int(r[3]), int(r[4]), r[5], r[6]) for r in rows]
 
 
 async def uncharged_rows(conn: asyncpg.Connection) -> list[tuple[UnchargedRow, int]]:
@@ -703,10 +778,15 @@ async def uncharged_rows(conn: asyncpg.Connection) -> list[tuple[UnchargedRow, i
     return [(tuple(row[:6]), row[6]) for row in rows]  # type: ignore[misc]
 
 
-async def settled_usage(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:
-    """(iccid, usage_type, raw quantity of its settled periods)."""
-    rows = await conn.fetch("SELECT iccid, usage_type, raw_quantity FROM sim_settled_usage")
-    return [(row[0], row[1], int(row[2])) for row in rows]
+async def settled_usage(conn: asyncpg.Connection) -> AsyncIterator[list[tuple[str, int, int]]]:
+    """(iccid, usage_type, raw quantity of its settled periods), in chunks (inside a
+    transaction)."""
+    exact = await conn.fetchval(
+        f"SELECT NOT EXISTS (SELECT FROM sim_settled_usage WHERE raw_quantity > {INT64_MAX})"
+    )
+    sql = "SELECT iccid, usage_type, raw_quantity{cast} FROM sim_settled_usage"
+    async for rows in _chunks(conn, sql.format(cast="::int8" if exact else "::text")):
+        yield rows if exact else [(r[0], r[1], int(r[2])) for r in rows]
 
 
 async def settled_periods(conn: asyncpg.Connection) -> list[tuple[str, str]]:

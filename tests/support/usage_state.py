@@ -116,7 +116,7 @@ def cache_state(cache: StateCache) -> UsageState:
         for u in usage.uncharged:
             key = (iccid, u.event_time, u.usage_type.value, u.quantity, u.rated_quantity, u.period)
             state.uncharged[key] += 1
-        for usage_type, raw in (usage.settled_raw or {}).items():
+        for usage_type, raw in usage.settled_raw:
             state.settled_raw[(iccid, usage_type.value)] = raw
     return state
 
