@@ -264,7 +264,8 @@ class Application:
         cache.restore_uncharged(
             self._uncharged_at(watermark, await repository.uncharged_rows(conn))
         )
-        async for settled in repository.settled_usage(conn):
+        with_thresholds = [p.plan_id for p in cache.plans.values() if p.thresholds]
+        async for settled in repository.settled_usage(conn, with_thresholds):
             cache.restore_settled_raw(settled)
         self.engine.charge_restored_uncharged()
         replayed, self._committed_seq = await self._replay(conn, watermark)

@@ -90,11 +90,15 @@ class SimUsage:
     uncharged: list[UnchargedRecord] | tuple[()] = ()
     # Raw quantity per usage type of the SIM's settled periods (no longer in `counters`):
     # (usage type, raw) pairs, as a dict costs 224 bytes for one type and these pairs 104.
+    # Held only for a SIM whose plan has first-use thresholds: only they read
+    # `lifetime_raw` (threshold progress, first-use detection), and a SIM's plan, like a
+    # plan's thresholds, never changes. PostgreSQL holds every SIM's (sim_settled_usage).
     settled_raw: tuple[tuple[UsageType, int], ...] = ()
 
     @property
     def lifetime_raw(self) -> dict[UsageType, int]:
-        """Raw quantity per usage type over the SIM's life: settled and open periods."""
+        """Raw quantity per usage type over the SIM's life: settled and open periods (for a
+        SIM on a plan with thresholds; open periods only for another)."""
         totals: dict[UsageType, int] = dict(self.settled_raw)
         for c in self.counters:
             totals[c.usage_type] = totals.get(c.usage_type, 0) + c.raw_quantity
@@ -299,6 +303,8 @@ class StateCache:
             if not counters:
                 continue
             dropped += 1
+            if not self.plans[usage.sim.plan_id].thresholds:  # type: ignore[union-attr]
+                continue  # never read (see SimUsage.settled_raw)
             settled = dict(usage.settled_raw)
             for c in counters:
                 settled[c.usage_type] = settled.get(c.usage_type, 0) + c.raw_quantity
@@ -363,6 +369,7 @@ class StateCache:
                 )
 
     def restore_settled_raw(self, rows: Iterable[tuple[str, int, int]]) -> None:
+        """Install sim_settled_usage rows of SIMs on plans with thresholds."""
         kinds, sims, usage_by_sim = USAGE_TYPES_BY_VALUE, self.sims, self.usage
         for iccid, kind, raw in rows:
             usage = usage_by_sim.get(iccid)
@@ -371,6 +378,8 @@ class StateCache:
                 if sim is None:
                     continue
                 usage = usage_by_sim[sim.iccid] = SimUsage(sim)
+            if not self.plans[usage.sim.plan_id].thresholds:  # type: ignore[union-attr]
+                continue
             # One row per (SIM, usage type): sim_settled_usage's primary key.
             usage.settled_raw = (*usage.settled_raw, (kinds[kind], raw))
 

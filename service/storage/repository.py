@@ -328,9 +328,18 @@ async def load_sims(conn: asyncpg.Connection) -> AsyncIterator[list[Sim]]:
 
 
 async def _chunks(conn: asyncpg.Connection, sql: str, *args: Any) -> AsyncIterator[list[Any]]:
+    """The rows of `sql` in chunks, the next one asked for before this one is handed out:
+    PostgreSQL reads and sends it while the caller builds objects from this one."""
     cursor = await conn.cursor(sql, *args)
-    while rows := await cursor.fetch(_LOAD_CHUNK):
-        yield rows
+    ahead = asyncio.create_task(cursor.fetch(_LOAD_CHUNK))
+    try:
+        while rows := await ahead:
+            ahead = asyncio.create_task(cursor.fetch(_LOAD_CHUNK))
+            await asyncio.sleep(0)  # the task sends its request now, not at the next await
+            yield rows
+    finally:
+        if not ahead.done():  # the caller stopped early: the connection finishes the fetch
+            await asyncio.wait([ahead])
 
 
 def sims_from_rows(rows: Iterable[Sequence[Any]]) -> list[Sim]:
@@ -778,14 +787,20 @@ async def uncharged_rows(conn: asyncpg.Connection) -> list[tuple[UnchargedRow, i
     return [(tuple(row[:6]), row[6]) for row in rows]  # type: ignore[misc]
 
 
-async def settled_usage(conn: asyncpg.Connection) -> AsyncIterator[list[tuple[str, int, int]]]:
-    """(iccid, usage_type, raw quantity of its settled periods), in chunks (inside a
-    transaction)."""
+async def settled_usage(
+    conn: asyncpg.Connection, plan_ids: Sequence[str]
+) -> AsyncIterator[list[tuple[str, int, int]]]:
+    """(iccid, usage_type, raw quantity of its settled periods) of the SIMs on `plan_ids`,
+    in chunks (inside a transaction)."""
+    if not plan_ids:
+        return
     exact = await conn.fetchval(
         f"SELECT NOT EXISTS (SELECT FROM sim_settled_usage WHERE raw_quantity > {INT64_MAX})"
     )
-    sql = "SELECT iccid, usage_type, raw_quantity{cast} FROM sim_settled_usage"
-    async for rows in _chunks(conn, sql.format(cast="::int8" if exact else "::text")):
+    sql = """SELECT u.iccid, u.usage_type, u.raw_quantity{cast}
+             FROM sim_settled_usage u JOIN sims s USING (iccid)
+             WHERE s.plan_id = ANY($1::text[])"""
+    async for rows in _chunks(conn, sql.format(cast="::int8" if exact else "::text"), plan_ids):
         yield rows if exact else [(r[0], r[1], int(r[2])) for r in rows]
 
 

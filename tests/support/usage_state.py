@@ -131,7 +131,12 @@ def open_part(state: UsageState, cache: StateCache) -> UsageState:
         if (cache.sims[key[1]].account_id, key[0]) not in cache.settled
     }
     part.uncharged = state.uncharged
-    part.settled_raw = {key: raw for key, raw in state.settled_raw.items()}
+    # Memory holds them for SIMs on plans with thresholds only (SimUsage.settled_raw).
+    part.settled_raw = {
+        key: raw
+        for key, raw in state.settled_raw.items()
+        if cache.plans[cache.sims[key[0]].plan_id].thresholds
+    }
     return part
 
 
