@@ -18,6 +18,7 @@ import pytest
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
+from service.domain.model import UsageType
 from service.storage import database
 from tests.conftest import AppFactory
 from tests.support import T0, ServerProcess, Stubs, first_use_plan
@@ -101,6 +102,39 @@ async def test_restart_after_a_settlement_loads_only_the_open_period(
 
 STREAMS, SIMS, BATCHES, BATCH_SIZE = 4, 500, 30, 200
 KILLS = 3
+
+
+async def test_a_start_loads_totals_beyond_int8_exactly(
+    start_app: AppFactory, database_url: str
+) -> None:
+    """The start reads quantities as int8 when every one fits, else as exact text: a
+    total beyond int8 (numeric columns) is loaded exactly, not refused or rounded."""
+    app, stubs = await start_app(clock_start=T0 + 20 * DAY)
+    [sim] = await account_with_sims(stubs, 1, plan=first_use_plan("FU", threshold=10_000))
+    [result] = await rate(stubs, record("r1", sim, 1_000, T0 + DAY))
+    assert result.status == t.RECORD_STATUS_RATED
+    await app.stop()  # its last checkpoint holds the record's counters
+    huge = 2**64 + 7
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE usage_aggregates SET raw_quantity = raw_quantity + $1 WHERE iccid = $2",
+            huge,
+            sim,
+        )
+        await conn.execute(
+            "INSERT INTO sim_settled_usage (iccid, usage_type, raw_quantity) VALUES ($1, $2, $3)",
+            sim,
+            t.USAGE_TYPE_DATA,
+            huge,
+        )
+    finally:
+        await conn.close()
+    restarted, _ = await start_app(clock_start=T0 + 20 * DAY)
+    usage = restarted.cache.usage_of(sim)
+    assert usage.period("2026-01")[UsageType.DATA].raw_quantity == 1_000 + huge
+    assert usage.settled_raw == ((UsageType.DATA, huge),)
+    assert usage.lifetime_raw == {UsageType.DATA: 2 * huge + 1_000}
 
 
 async def check_counters(stubs: Stubs, sims: list[str], database_url: str) -> None:
