@@ -38,6 +38,11 @@ _SETTINGS: tuple[tuple[str, str | None, str], ...] = (
         "periods before the current one whose usage records the archive keeps",
     ),
     ("RATING_CHECKPOINT_INTERVAL_S", "30", "seconds between usage checkpoints"),
+    (
+        "RATING_SHUTDOWN_CHECKPOINT_S",
+        "60",
+        "seconds a stop waits for its last usage checkpoint (then the next start replays)",
+    ),
 )
 
 
@@ -61,6 +66,7 @@ class Settings:
     max_streams: int = 1000
     retention_periods: int = 3
     checkpoint_interval_s: float = 30.0
+    shutdown_checkpoint_s: float = 60.0
     # Tuning, not in the environment: bounds that give backpressure.
     persist_queue_batches: int = 64
     persist_max_records_per_commit: int = 20_000
@@ -107,6 +113,7 @@ class Settings:
             max_streams=_non_negative_int(raw, "RATING_MAX_STREAMS"),
             retention_periods=parse_retention_periods(raw["RATING_RETENTION_PERIODS"]),
             checkpoint_interval_s=_positive_seconds(raw, "RATING_CHECKPOINT_INTERVAL_S"),
+            shutdown_checkpoint_s=_positive_seconds(raw, "RATING_SHUTDOWN_CHECKPOINT_S"),
         )
 
 
