@@ -38,7 +38,9 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
+from service.domain.model import UsageType
 from service.ops.metrics import Metrics
+from service.storage.partitions import create_partitions, partition_name
 from service.storage.repository import init_connection
 from tests import conftest
 from tests.conftest import AppFactory
@@ -518,6 +520,70 @@ async def test_commit_answer_lost_then_retried(database_url: str) -> None:
                     await code_of(stubs.catalog.PutPlan(c.PutPlanRequest(plan=changed)))
                     == grpc.StatusCode.ALREADY_EXISTS
                 )
+        finally:
+            await app.stop()
+
+
+async def test_a_commit_still_running_when_its_connection_broke_is_counted_once(
+    database_url: str,
+) -> None:
+    """The service's connection breaks as soon as a group's COMMIT is sent, while
+    PostgreSQL is still executing it (a deferred trigger sleeps 2 s in it), and the next
+    group looks the records in doubt up at once. The look-up must not conclude "not stored"
+    while that COMMIT can still land: whatever its outcome, every stored record is counted
+    exactly once."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await create_partitions(conn, ["2026-01"])
+        await conn.execute(
+            f"""CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
+                CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON
+                    {partition_name("2026-01")} DEFERRABLE INITIALLY DEFERRED
+                    FOR EACH ROW WHEN (NEW.record_id LIKE 'slow-%')
+                    EXECUTE FUNCTION slow_commit()"""
+        )
+    finally:
+        await conn.close()
+    async with CommitAnswerLost(database_url) as proxy:
+        settings = conftest.test_settings(proxy.url, clock_start=CLOCK_START + timedelta(days=1))
+        app = Application(settings, Metrics())
+        await app.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                stubs = Stubs(channel)
+                [sim] = await account_with_sims(stubs, 1)
+                when = CLOCK_START + timedelta(hours=1)
+
+                async def rate(record_id: str, quantity: int) -> t.RecordResult:
+                    request = r.RateUsageRequest(records=[record(record_id, sim, quantity, when)])
+                    response = await stubs.rating.RateUsage(request, timeout=CALL_TIMEOUT)
+                    [result] = response.results
+                    return result
+
+                # The period's partition known to the persister: the next COMMIT is a group's.
+                assert (await rate("warm-1", 250)).status == t.RECORD_STATUS_RATED
+                proxy.arm(at_send=True)
+                assert await code_of(rate("slow-1", 1_000)) == UNAVAILABLE
+                assert proxy.cut.is_set()
+                # At once, while the slow COMMIT may still be running: the next group.
+                assert (await rate("next-1", 500)).status == t.RECORD_STATUS_RATED
+                await asyncio.sleep(2.5)  # past the trigger's sleep, had it gone on
+                assert (await rate("slow-1", 1_000)).status in (
+                    t.RECORD_STATUS_RATED,
+                    t.RECORD_STATUS_DUPLICATE,
+                )
+                async with app.state_lock:
+                    counted = app.cache.usage_of(sim).period("2026-01")
+                    counted_raw = counted[UsageType.DATA].raw_quantity
+            stored = await asyncpg.connect(database_url)
+            try:
+                stored_raw = await stored.fetchval(
+                    "SELECT sum(quantity) FROM usage_records WHERE iccid = $1", sim
+                )
+            finally:
+                await stored.close()
+            assert (counted_raw, stored_raw) == (1_750, 1_750)
         finally:
             await app.stop()
 

@@ -30,7 +30,13 @@ before its answer arrived; an error the server answers means a rollback): then t
 may be stored after all. Its new records are
 kept "in doubt", and the next successful commit looks them up in its own transaction and
 counts those that are stored; otherwise a retry would answer them DUPLICATE while the
-counters never included them (until a restart rebuilt the cache).
+counters never included them (until a restart rebuilt the cache). The look-up is only
+final once the in-doubt commit's server process is gone: a client that lost its
+connection does not stop the server from finishing a COMMIT (a slow fsync, a deferred
+trigger), and a COMMIT applied after the look-up would store records nobody counts. So
+the look-up first terminates that process (`pg_terminate_backend` with a wait: its
+COMMIT then ends committed or rolled back) and fails, keeping the records in doubt, if
+it is still there.
 
 Shutdown: `stop()` refuses new batches (`ShuttingDown`); `run` commits what is still
 queued, counts its last group (answering its callers) and returns.
@@ -120,6 +126,8 @@ class Persister:
         self.busy = False  # a group is being committed
         # New records of commits whose outcome is unknown, by record id (see module doc).
         self._in_doubt: dict[tuple[str, str], Candidate] = {}
+        # The server process ids of those commits (see the module doc).
+        self._in_doubt_pids: set[int] = set()
         self._pending: Committed | None = None  # committed, not fully counted yet
         self._partitions = UsagePartitions()
         # Every committed record has seq <= this (usage_records.seq is in commit order);
@@ -316,12 +324,14 @@ class Persister:
         `counting` (the previous group's) must end before billing starts are decided."""
         new: list[Candidate] = []
         committing = False
+        server_pid = 0
 
         async def write(
             conn: asyncpg.Connection,
         ) -> tuple[set[tuple[str, str]], dict[str, Sim], int]:
-            nonlocal new, committing
+            nonlocal new, committing, server_pid
             committing = False
+            server_pid = conn.get_server_pid()
             # Before the insert: a record stored by an in-doubt commit is not new now.
             recovered = await self._recover_in_doubt(conn)
             # Before the insert too: a closed id is counted only if stored BEFORE the group.
@@ -351,15 +361,18 @@ class Persister:
             # server answered means the transaction was rolled back.
             if committing:
                 self._in_doubt.update(((c.record_id, c.period), c) for c in new)
+                self._in_doubt_pids.add(server_pid)
                 log.warning("group commit outcome unknown; records kept in doubt", records=len(new))
             raise
         self._in_doubt.clear()  # each one is now counted, or known not to be stored
+        self._in_doubt_pids.clear()
         self.committed_seq = seq
         return new, counted_closed, moved
 
     async def _recover_in_doubt(self, conn: asyncpg.Connection) -> list[Candidate]:
         if not self._in_doubt:
             return []
+        await repository.end_server_processes(conn, self._in_doubt_pids)
         stored = await repository.stored_keys(conn, list(self._in_doubt))
         if stored:
             log.warning("counting records of a commit whose answer was lost", records=len(stored))

@@ -607,6 +607,22 @@ async def write_checkpoint(
     await conn.execute("UPDATE usage_checkpoint SET watermark = greatest(watermark, $1)", watermark)
 
 
+async def end_server_processes(conn: asyncpg.Connection, pids: Iterable[int]) -> None:
+    """Terminate the server processes `pids` of this database, if still there, and wait
+    (up to 10 s) until they are gone: the transaction each was in, a COMMIT included, has
+    then ended one way or the other. StorageUnavailable if one is still there."""
+    alive = await conn.fetch(
+        """SELECT pid, pg_terminate_backend(pid, 10000) AS gone FROM pg_stat_activity
+           WHERE pid = ANY($1::int[]) AND datname = current_database()
+                 AND pid <> pg_backend_pid()""",
+        list(pids),
+    )
+    if not all(row["gone"] for row in alive):
+        raise StorageUnavailable(
+            "a server process whose COMMIT outcome is unknown is still running"
+        )
+
+
 async def checkpoint_watermark(conn: asyncpg.Connection) -> int:
     value: int = await conn.fetchval("SELECT watermark FROM usage_checkpoint")
     return value

@@ -75,12 +75,14 @@ class CommitAnswerLost:
     is dropped and the client's connection closed: the transaction is stored while the
     client sees its connection break in the middle of COMMIT, the one failure a service
     cannot tell from a rollback. Deterministic, unlike stopping PostgreSQL at the right
-    moment. `url` is the database URL through the proxy.
+    moment. `url` is the database URL through the proxy. `arm(at_send=True)` cuts the
+    client as soon as its COMMIT is forwarded, while PostgreSQL may still be executing it.
     """
 
     def __init__(self, url: str) -> None:
         self._target = url
         self._armed = False
+        self._at_send = False
         self._server: asyncio.Server | None = None
         self.url = ""
         self.cut = asyncio.Event()  # set once a COMMIT's answer was dropped
@@ -98,8 +100,9 @@ class CommitAnswerLost:
         assert self._server is not None
         self._server.close()
 
-    def arm(self) -> None:
+    def arm(self, *, at_send: bool = False) -> None:
         self._armed = True
+        self._at_send = at_send
         self.cut.clear()
 
     async def _open_target(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -120,6 +123,11 @@ class CommitAnswerLost:
                     commit_sent.set()
                 server_w.write(data)
                 await server_w.drain()
+                if commit_sent.is_set() and self._at_send:
+                    client_w.close()  # the server keeps its end: it finishes the COMMIT
+                    self.cut.set()
+                    await server_r.read()  # until the server closes or answers and closes
+                    return
             server_w.close()
 
         async def downstream() -> None:
