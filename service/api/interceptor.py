@@ -66,29 +66,20 @@ READ_METHODS = frozenset(
 
 
 class _Method:
-    """What every call of one method shares: its names, its labelled metric children
-    (looked up once, not per call) and the sampling of its log line."""
+    """What every call of one method shares: its names, its counts in the grpc_server_*
+    series and the sampling of its log line."""
 
     def __init__(self, metrics: Metrics, method: str, grpc_type: str, log_every: int) -> None:
         _, _, path = method.partition("/")
         self.service, _, self.method = path.partition("/")
         self.metrics = metrics
-        self.labels = (grpc_type, self.service, self.method)
-        self.started = metrics.grpc_started.labels(*self.labels)
-        self.seconds = metrics.grpc_handling_seconds.labels(*self.labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
+        self.counts = metrics.rpc.method(grpc_type, self.service, self.method)
         self.log_every = log_every  # 1: every call; 0: only failures
         self._unlogged = 0  # successful calls since the last one logged
 
-    def handled(self, code: grpc.StatusCode) -> Any:
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self.metrics.grpc_handled.labels(*self.labels, code.name)
-        return child
-
     def logs(self, code: grpc.StatusCode) -> bool:
         """Whether this outcome gets its log line: failures always, successes sampled."""
-        if code is not grpc.StatusCode.OK or self.log_every == 1:
+        if code is not _OK or self.log_every == 1:
             return True
         if self.log_every == 0:
             return False
@@ -97,6 +88,9 @@ class _Method:
             return False
         self._unlogged = 0
         return True
+
+
+_OK = grpc.StatusCode.OK
 
 
 class _Call:
@@ -108,7 +102,7 @@ class _Call:
         self.book = book
         self.started = time.perf_counter()
         self.caller = "-"
-        book.started.inc()
+        book.counts.started += 1
 
     @property
     def method(self) -> str:
@@ -121,18 +115,19 @@ class _Call:
     def authenticate(self, auth: Authenticator, context: grpc.aio.ServicerContext) -> None:
         """Refuse the call (Unauthenticated / PermissionDenied) or note who makes it."""
         book = self.book
-        caller = auth.authenticate(book.service, book.method, context.invocation_metadata())
+        caller = auth.authenticate(book.service, book.method, context.invocation_metadata)
         self.caller = caller.name
-        book.metrics.caller_calls(caller.name).inc()
+        book.metrics.rpc.count_caller(caller.name)
 
     def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
         elapsed = time.perf_counter() - self.started
         book = self.book
-        book.handled(code).inc()
-        book.seconds.observe(elapsed)
+        counts = book.counts
+        counts.count_handled("OK" if code is _OK else code.name)
+        counts.observe(elapsed)
         if not book.logs(code):
             return
-        if book.log_every > 1 and code is grpc.StatusCode.OK:
+        if book.log_every > 1 and code is _OK:
             fields["logged_one_in"] = book.log_every
         log.info(
             "rpc",
@@ -176,9 +171,11 @@ async def _fail(call: _Call, context: grpc.aio.ServicerContext, exc: BaseExcepti
 
 def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     code = context.code()
+    if code is None:  # not set by the handler
+        return _OK
     if isinstance(code, grpc.StatusCode):
         return code
-    return grpc.StatusCode.OK
+    return _OK
 
 
 class _ObservedHandlers(grpc.GenericRpcHandler):
