@@ -178,33 +178,36 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return _OK
 
 
-class _ObservedHandlers(grpc.GenericRpcHandler):
-    """A generic handler whose methods are wrapped once each, at their first call."""
+class ObservedHandlers(grpc.GenericRpcHandler):
+    """One generic handler for every service added to it (`add`), each method wrapped once,
+    at its first call: a call finds its wrapped handler with one dict look-up, whichever
+    service it belongs to (grpc.aio asks each generic handler of a server in turn)."""
 
-    def __init__(
-        self,
-        inner: grpc.GenericRpcHandler,
-        wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler],
-    ) -> None:
-        self._inner = inner
+    def __init__(self, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]) -> None:
+        self._inner: list[grpc.GenericRpcHandler] = []
         self._wrap = wrap
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add(self, handlers: grpc.GenericRpcHandler) -> None:
+        self._inner.append(handlers)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method: str = handler_call_details.method
         wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = self._inner.service(handler_call_details)
-            if handler is None:  # not this service's (nothing is remembered for it)
-                return None
-            wrapped = self._wrapped[method] = self._wrap(handler, method)
-        return wrapped
+        if wrapped is not None:
+            return wrapped
+        for inner in self._inner:
+            handler = inner.service(handler_call_details)
+            if handler is not None:
+                wrapped = self._wrapped[method] = self._wrap(handler, method)
+                return wrapped
+        return None  # no such method (nothing is remembered for it)
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authentication, metrics, the log line and error mapping for every RPC.
 
-    The service applies it to each servicer's handlers when adding them (`observed`);
+    The service applies it to its servicers' handlers when adding them (`observed`);
     as a grpc.aio server interceptor (`intercept_service`) it does the same per call."""
 
     def __init__(
@@ -232,11 +235,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def observed(self, handlers: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
-        """`handlers` (a service's generic handler) with every method wrapped as
-        `intercept_service` wraps it, but without grpc.aio's interceptor pipeline: no
-        coroutine per call to find the handler (see docs/performance.md)."""
-        return _ObservedHandlers(handlers, self._wrap)
+    def observed(self) -> ObservedHandlers:
+        """A generic handler to add services' generic handlers to, with every method
+        wrapped as `intercept_service` wraps it, but without grpc.aio's interceptor
+        pipeline: no coroutine per call to find the handler (see docs/performance.md)."""
+        return ObservedHandlers(self._wrap)
 
     def _book(self, method: str, grpc_type: str) -> _Method:
         log_every = self._log_reads_every if method in READ_METHODS else 1
