@@ -128,8 +128,7 @@ def test_rpc_series_are_exposed_as_prometheus_client_would() -> None:
     for labels, code, elapsed, caller in calls:
         counts = rpc.method(*labels)
         counts.started += 1
-        counts.count_handled(code)
-        counts.observe(elapsed)
+        counts.finished(code, elapsed)
         rpc.count_caller(caller)
         started.labels(*labels).inc()
         handled.labels(*labels, code).inc()

@@ -122,9 +122,7 @@ class _Call:
     def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
         elapsed = time.perf_counter() - self.started
         book = self.book
-        counts = book.counts
-        counts.count_handled("OK" if code is _OK else code.name)
-        counts.observe(elapsed)
+        book.counts.finished("OK" if code is _OK else code.name, elapsed)
         if not book.logs(code):
             return
         if book.log_every > 1 and code is _OK:

@@ -71,11 +71,10 @@ class RpcCounts:
         self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)  # not cumulative; the last is +Inf
         self.seconds_sum = 0.0
 
-    def count_handled(self, code: str) -> None:
+    def finished(self, code: str, seconds: float) -> None:
+        """A call ended with `code` (a grpc_code name) after `seconds`."""
         handled = self.handled
         handled[code] = handled.get(code, 0) + 1
-
-    def observe(self, seconds: float) -> None:
         # bisect_left: the first bound >= seconds, Prometheus's `le`
         self.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self.seconds_sum += seconds

@@ -476,12 +476,18 @@ async def insert_uncharged(
     )
 
 
+COPY_CHUNK = 1_000  # rows per COPY of write_aggregates
+
+
 async def write_aggregates(
     conn: asyncpg.Connection, rows: Sequence[AggregateRow], seq: int
 ) -> None:
     """Store `rows` (their values, not deltas) as exact at `seq`, except over a row stored at
-    a higher seq (a settled period's, or a later checkpoint's). One COPY into a temporary
-    table, then one upsert from it."""
+    a higher seq (a settled period's, or a later checkpoint's). COPYs of COPY_CHUNK rows
+    into a temporary table, then one upsert from it.
+
+    Each COPY's rows are encoded in the event loop in one go: in chunks, a checkpoint of
+    every SIM (hundreds of thousands of rows) lets calls be served between two of them."""
     if not rows:
         return
     await conn.execute(
@@ -490,7 +496,8 @@ async def write_aggregates(
                charged_raw_quantity numeric, charged_rated_quantity numeric, records int8,
                charged_records int8) ON COMMIT DROP"""
     )
-    await conn.copy_records_to_table("aggregate_rows", records=rows)
+    for first in range(0, len(rows), COPY_CHUNK):
+        await conn.copy_records_to_table("aggregate_rows", records=rows[first : first + COPY_CHUNK])
     await conn.execute(
         """INSERT INTO usage_aggregates AS a
            SELECT r.*, $1::int8 FROM aggregate_rows r
