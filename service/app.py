@@ -87,26 +87,27 @@ SERVICE_NAMES = (
 
 
 class _ObservedServices:
-    """What the generated `add_*Servicer_to_server` functions use of a server: each
-    service's generic handler is added with every method wrapped by the observability
-    interceptor (authentication, metrics, log line, error mapping), and no method is
-    registered one by one.
+    """What the generated `add_*Servicer_to_server` functions use of a server: the
+    services' generic handlers are gathered behind one generic handler of the server,
+    with every method wrapped by the observability interceptor (authentication, metrics,
+    log line, error mapping), and no method is registered one by one.
 
     Why not `grpc.aio.server(interceptors=...)`: the interceptor pipeline runs coroutines
     at every call just to find the handler. And for every method registered with
     `add_registered_method_handlers`, grpc.aio keeps a pending request and waits on all of
     them (`asyncio.wait`) each time it accepts a call: with the ~20 methods of our
-    services, every call paid for ~20 futures. See docs/performance.md.
+    services, every call paid for ~20 futures. And grpc.aio asks a server's generic
+    handlers in turn: with one per service, a RatingService call first asked (and missed)
+    CatalogService's and ProvisioningService's. See docs/performance.md.
     """
 
     def __init__(self, server: grpc.aio.Server, observability: ObservabilityInterceptor) -> None:
-        self._server = server
-        self._observability = observability
+        self._observed = observability.observed()
+        server.add_generic_rpc_handlers([self._observed])
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(
-            [self._observability.observed(handler) for handler in handlers]
-        )
+        for handler in handlers:
+            self._observed.add(handler)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         """Not registered: the generic handler added with them serves these methods."""

@@ -10,12 +10,14 @@ from importlib import metadata
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import types_pb2 as t
 from service.app import Application
+from service.ops.metrics import _LATENCY_BUCKETS, RPC_LABELS, RpcMetrics
 from tests.conftest import AppFactory
 from tests.support import Stubs, data_plan
 from tests.support.usage import account_with_sims, rate, record
@@ -86,6 +88,60 @@ async def test_grpc_metrics_count_calls_by_code(app_stubs: tuple[Application, St
     assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "NOT_FOUND"}) == 1
     assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "INVALID_ARGUMENT"}) == 1
     assert value("grpc_server_handling_seconds_count", get_plan) == 2
+
+
+def test_rpc_series_are_exposed_as_prometheus_client_would() -> None:
+    """The per-call RPC series are counted in plain numbers (RpcMetrics): their exposition
+    is the one prometheus_client's Counter and Histogram give for the same calls."""
+    ours, reference = CollectorRegistry(), CollectorRegistry()
+    rpc = RpcMetrics()
+    ours.register(rpc)
+    started = Counter(
+        "grpc_server_started_total", "RPCs started on the server.", RPC_LABELS, registry=reference
+    )
+    handled = Counter(
+        "grpc_server_handled_total",
+        "RPCs completed on the server, regardless of success or failure.",
+        (*RPC_LABELS, "grpc_code"),
+        registry=reference,
+    )
+    seconds = Histogram(
+        "grpc_server_handling_seconds",
+        "Response latency of RPCs handled by the server.",
+        RPC_LABELS,
+        buckets=_LATENCY_BUCKETS,
+        registry=reference,
+    )
+    callers = Counter(
+        "rating_rpc_calls_total",
+        "RPCs by authenticated caller name.",
+        ("caller",),
+        registry=reference,
+    )
+    calls = [
+        (("unary", "rating.v1.RatingService", "AuthorizeSession"), "OK", 0.0004, "crm"),
+        (("unary", "rating.v1.RatingService", "AuthorizeSession"), "OK", 0.0005, "crm"),
+        (("unary", "rating.v1.RatingService", "AuthorizeSession"), "NOT_FOUND", 0.003, "oss"),
+        (("unary", "rating.v1.CatalogService", "GetPlan"), "INTERNAL", 11.0, "crm"),
+        (("bidi_stream", "rating.v1.RatingService", "StreamUsage"), "OK", 2.5, "mediation"),
+    ]
+    for labels, code, elapsed, caller in calls:
+        counts = rpc.method(*labels)
+        counts.started += 1
+        counts.finished(code, elapsed)
+        rpc.count_caller(caller)
+        started.labels(*labels).inc()
+        handled.labels(*labels, code).inc()
+        seconds.labels(*labels).observe(elapsed)
+        callers.labels(caller).inc()
+    rpc.method("unary", "rating.v1.ClockService", "GetTime")  # started, not finished yet
+    started.labels("unary", "rating.v1.ClockService", "GetTime")
+    seconds.labels("unary", "rating.v1.ClockService", "GetTime")
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        return sorted(generate_latest(registry).decode().splitlines())
+
+    assert exposition(ours) == exposition(reference)
 
 
 async def test_metrics_endpoint_serves_grpc_series(start_app: AppFactory) -> None:

@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,8 @@ OPEN_SERVICES = frozenset(
 )
 ANONYMOUS = "anonymous"
 
+Metadata = tuple[tuple[str, str | bytes], ...] | None
+
 
 @dataclass(frozen=True, slots=True)
 class Caller:
@@ -83,6 +85,9 @@ class Caller:
             if "*" in allowed or f"{service}/*" in allowed or f"{service}/{method}" in allowed:
                 return True
         return False
+
+
+_ANONYMOUS = Caller(ANONYMOUS, frozenset({"admin"}))
 
 
 def key_hash(key: str) -> str:
@@ -122,12 +127,11 @@ class Authenticator:
             raise InvalidArgument("RATING_API_KEYS_FILE", f"cannot read {path}: {exc}") from exc
         return cls(callers)
 
-    def authenticate(
-        self, service: str, method: str, metadata: tuple[tuple[str, str | bytes], ...] | None
-    ) -> Caller:
+    def authenticate(self, service: str, method: str, metadata: Callable[[], Metadata]) -> Caller:
+        """`metadata` gives the call's metadata; it is only asked for when a key is needed."""
         if service in OPEN_SERVICES or self._by_hash is None:
-            return Caller(ANONYMOUS, frozenset({"admin"}))
-        key = _bearer_key(metadata)
+            return _ANONYMOUS
+        key = _bearer_key(metadata())
         if key is None:
             raise Unauthenticated("missing 'authorization: Bearer <key>' metadata")
         digest = key_hash(key)
@@ -145,7 +149,7 @@ class Authenticator:
         return caller
 
 
-def _bearer_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def _bearer_key(metadata: Metadata) -> str | None:
     for name, value in metadata or ():
         if name == "authorization" and isinstance(value, str):
             scheme, _, key = value.partition(" ")

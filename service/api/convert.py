@@ -26,13 +26,19 @@ _MIN_SECONDS = -62135596800
 _MAX_SECONDS = 253402300799
 
 
+# By enum type, its members by value: a dict look-up costs a fifth of calling the type.
+_MEMBERS: dict[type[enum.Enum], dict[object, enum.Enum]] = {}
+
+
 def enum_from_proto(enum_type: type[E], value: int, field: str) -> E:
     """Proto enum number -> domain enum (values are shared); 0 and unknown numbers are invalid."""
-    try:
-        member: E = enum_type(value)
-    except ValueError:
-        raise InvalidArgument(field, f"unknown or unspecified value {value}") from None
-    return member
+    members = _MEMBERS.get(enum_type)
+    if members is None:
+        members = _MEMBERS[enum_type] = {member.value: member for member in enum_type}
+    member = members.get(value)
+    if member is None:
+        raise InvalidArgument(field, f"unknown or unspecified value {value}")
+    return member  # type: ignore[return-value]
 
 
 def time_from_proto(ts: Timestamp, field: str) -> datetime:

@@ -66,29 +66,20 @@ READ_METHODS = frozenset(
 
 
 class _Method:
-    """What every call of one method shares: its names, its labelled metric children
-    (looked up once, not per call) and the sampling of its log line."""
+    """What every call of one method shares: its names, its counts in the grpc_server_*
+    series and the sampling of its log line."""
 
     def __init__(self, metrics: Metrics, method: str, grpc_type: str, log_every: int) -> None:
         _, _, path = method.partition("/")
         self.service, _, self.method = path.partition("/")
         self.metrics = metrics
-        self.labels = (grpc_type, self.service, self.method)
-        self.started = metrics.grpc_started.labels(*self.labels)
-        self.seconds = metrics.grpc_handling_seconds.labels(*self.labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
+        self.counts = metrics.rpc.method(grpc_type, self.service, self.method)
         self.log_every = log_every  # 1: every call; 0: only failures
         self._unlogged = 0  # successful calls since the last one logged
 
-    def handled(self, code: grpc.StatusCode) -> Any:
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self.metrics.grpc_handled.labels(*self.labels, code.name)
-        return child
-
     def logs(self, code: grpc.StatusCode) -> bool:
         """Whether this outcome gets its log line: failures always, successes sampled."""
-        if code is not grpc.StatusCode.OK or self.log_every == 1:
+        if code is not _OK or self.log_every == 1:
             return True
         if self.log_every == 0:
             return False
@@ -97,6 +88,9 @@ class _Method:
             return False
         self._unlogged = 0
         return True
+
+
+_OK = grpc.StatusCode.OK
 
 
 class _Call:
@@ -108,7 +102,7 @@ class _Call:
         self.book = book
         self.started = time.perf_counter()
         self.caller = "-"
-        book.started.inc()
+        book.counts.started += 1
 
     @property
     def method(self) -> str:
@@ -121,18 +115,17 @@ class _Call:
     def authenticate(self, auth: Authenticator, context: grpc.aio.ServicerContext) -> None:
         """Refuse the call (Unauthenticated / PermissionDenied) or note who makes it."""
         book = self.book
-        caller = auth.authenticate(book.service, book.method, context.invocation_metadata())
+        caller = auth.authenticate(book.service, book.method, context.invocation_metadata)
         self.caller = caller.name
-        book.metrics.caller_calls(caller.name).inc()
+        book.metrics.rpc.count_caller(caller.name)
 
     def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
         elapsed = time.perf_counter() - self.started
         book = self.book
-        book.handled(code).inc()
-        book.seconds.observe(elapsed)
+        book.counts.finished("OK" if code is _OK else code.name, elapsed)
         if not book.logs(code):
             return
-        if book.log_every > 1 and code is grpc.StatusCode.OK:
+        if book.log_every > 1 and code is _OK:
             fields["logged_one_in"] = book.log_every
         log.info(
             "rpc",
@@ -176,38 +169,43 @@ async def _fail(call: _Call, context: grpc.aio.ServicerContext, exc: BaseExcepti
 
 def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     code = context.code()
+    if code is None:  # not set by the handler
+        return _OK
     if isinstance(code, grpc.StatusCode):
         return code
-    return grpc.StatusCode.OK
+    return _OK
 
 
-class _ObservedHandlers(grpc.GenericRpcHandler):
-    """A generic handler whose methods are wrapped once each, at their first call."""
+class ObservedHandlers(grpc.GenericRpcHandler):
+    """One generic handler for every service added to it (`add`), each method wrapped once,
+    at its first call: a call finds its wrapped handler with one dict look-up, whichever
+    service it belongs to (grpc.aio asks each generic handler of a server in turn)."""
 
-    def __init__(
-        self,
-        inner: grpc.GenericRpcHandler,
-        wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler],
-    ) -> None:
-        self._inner = inner
+    def __init__(self, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]) -> None:
+        self._inner: list[grpc.GenericRpcHandler] = []
         self._wrap = wrap
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add(self, handlers: grpc.GenericRpcHandler) -> None:
+        self._inner.append(handlers)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method: str = handler_call_details.method
         wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = self._inner.service(handler_call_details)
-            if handler is None:  # not this service's (nothing is remembered for it)
-                return None
-            wrapped = self._wrapped[method] = self._wrap(handler, method)
-        return wrapped
+        if wrapped is not None:
+            return wrapped
+        for inner in self._inner:
+            handler = inner.service(handler_call_details)
+            if handler is not None:
+                wrapped = self._wrapped[method] = self._wrap(handler, method)
+                return wrapped
+        return None  # no such method (nothing is remembered for it)
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authentication, metrics, the log line and error mapping for every RPC.
 
-    The service applies it to each servicer's handlers when adding them (`observed`);
+    The service applies it to its servicers' handlers when adding them (`observed`);
     as a grpc.aio server interceptor (`intercept_service`) it does the same per call."""
 
     def __init__(
@@ -235,11 +233,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def observed(self, handlers: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
-        """`handlers` (a service's generic handler) with every method wrapped as
-        `intercept_service` wraps it, but without grpc.aio's interceptor pipeline: no
-        coroutine per call to find the handler (see docs/performance.md)."""
-        return _ObservedHandlers(handlers, self._wrap)
+    def observed(self) -> ObservedHandlers:
+        """A generic handler to add services' generic handlers to, with every method
+        wrapped as `intercept_service` wraps it, but without grpc.aio's interceptor
+        pipeline: no coroutine per call to find the handler (see docs/performance.md)."""
+        return ObservedHandlers(self._wrap)
 
     def _book(self, method: str, grpc_type: str) -> _Method:
         log_every = self._log_reads_every if method in READ_METHODS else 1

@@ -549,15 +549,21 @@ async def insert_uncharged(
     )
 
 
+COPY_CHUNK = 1_000  # rows per COPY of write_aggregates
+
+
 async def write_aggregates(
     conn: asyncpg.Connection, rows: Sequence[AggregateRow], seq: int
 ) -> None:
     """Store `rows` (their values, not deltas) as exact at `seq`, except over a row stored at
-    a higher seq (a settled period's, or a later checkpoint's). One COPY into a temporary
-    table, then one upsert from it. The quantities go as int8 when they fit, as numeric
-    otherwise: asyncpg encodes a Python int as numeric ~10x slower (1,000,000 rows: 12.9 s
-    of COPY as numeric, 1.3 s as int8). One table name per type: asyncpg caches a COPY's
-    column types by table name."""
+    a higher seq (a settled period's, or a later checkpoint's). COPYs of COPY_CHUNK rows
+    into a temporary table, then one upsert from it.
+
+    Each COPY's rows are encoded in the event loop in one go: in chunks, a checkpoint of
+    every SIM (hundreds of thousands of rows) lets calls be served between two of them.
+    The quantities go as int8 when they fit, as numeric otherwise: asyncpg encodes a
+    Python int as numeric ~10x slower (1,000,000 rows: 12.9 s of COPY as numeric, 1.3 s
+    as int8). One table name per type: asyncpg caches a COPY's column types by table name."""
     if not rows:
         return
     fits = max(max(row[3], row[4], row[5]) for row in rows) <= INT64_MAX
@@ -569,7 +575,8 @@ async def write_aggregates(
                charged_raw_quantity {kind}, charged_rated_quantity {kind}, records int8,
                charged_records int8) ON COMMIT DROP"""
     )
-    await conn.copy_records_to_table(table, records=rows)
+    for first in range(0, len(rows), COPY_CHUNK):
+        await conn.copy_records_to_table(table, records=rows[first : first + COPY_CHUNK])
     await conn.execute(
         f"""INSERT INTO usage_aggregates AS a
            SELECT r.*, $1::int8 FROM {table} r

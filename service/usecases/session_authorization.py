@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.domain.errors import InvalidArgument
 from service.domain.model import ActivationMode, SimState, UsageType
@@ -19,8 +19,9 @@ class DenyReason(enum.Enum):
     TERMINATED = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Authorization:
+class Authorization(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: built at every call, and a frozen dataclass of
+    # nine fields takes ~2.5 us to build (one object.__setattr__ per field), this ~0.5 us.
     allowed: bool
     deny_reason: DenyReason | None = None
     state: SimState | None = None
