@@ -73,6 +73,19 @@ class ClientResult:
         )
 
 
+async def receive(conn: Connection, expected: str) -> Any:
+    """The payload of the client process's next message, which must be `expected`; its
+    error (with the child's traceback) or death raised as RuntimeError."""
+    try:
+        kind, payload = await asyncio.to_thread(conn.recv)
+    except EOFError:
+        raise RuntimeError("the client process died") from None
+    if kind == "error":
+        raise RuntimeError(f"the client process failed:\n{payload}")
+    assert kind == expected, (kind, expected)
+    return payload
+
+
 class StreamClient:
     """Parent side: start the child (it builds its requests), then `run(address)` once.
 
@@ -105,14 +118,7 @@ class StreamClient:
         return ClientResult(**await self._receive("done"))
 
     async def _receive(self, expected: str) -> Any:
-        try:
-            kind, payload = await asyncio.to_thread(self._conn.recv)
-        except EOFError:
-            raise RuntimeError("the client process died") from None
-        if kind == "error":
-            raise RuntimeError(f"the client process failed:\n{payload}")
-        assert kind == expected, (kind, expected)
-        return payload
+        return await receive(self._conn, expected)
 
     def close(self) -> None:
         self._conn.close()

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from bench.client import StreamClient
+from bench.client import StreamClient, receive
 from bench.context import BenchContext
 from bench.ingestion import provision
 from bench.registry import Figure, VerificationFailed, benchmark
@@ -163,14 +163,7 @@ class HotClient:
         return CallsResult(**service), CallsResult(**noop)
 
     async def _receive(self, expected: str) -> Any:
-        try:
-            kind, payload = await asyncio.to_thread(self._conn.recv)
-        except EOFError:
-            raise RuntimeError("the client process died") from None
-        if kind == "error":
-            raise RuntimeError(f"the client process failed:\n{payload}")
-        assert kind == expected, (kind, expected)
-        return payload
+        return await receive(self._conn, expected)
 
     def close(self) -> None:
         try:
