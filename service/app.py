@@ -59,7 +59,7 @@ from service.domain.model import Sim
 from service.ingestion.engine import UsageEngine
 from service.ops.clock import Clock, SystemClock, TestClock
 from service.ops.metrics import Metrics
-from service.ops.runtime import freeze_loaded_heap
+from service.ops.runtime import loading_heap
 from service.ops.settings import Settings
 from service.state.cache import StateCache
 from service.state.gauges import SimGauges, watch_cache_sizes
@@ -154,8 +154,8 @@ class Application:
         state_lock = self.state_lock = StateLock()
         self.engine = UsageEngine(self.cache, self.clock)
         self.engine.on_correction_rejected = self._correction_rejected
-        await self._load_cache()
-        freeze_loaded_heap()
+        with loading_heap():
+            await self._load_cache()
         catalog = Catalog(self.pool, self.cache, self.clock, state_lock)
         provisioning = Provisioning(self.pool, self.cache, self.clock, state_lock)
         self.activation = ActivationWorker(

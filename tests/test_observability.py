@@ -217,12 +217,14 @@ async def test_the_loaded_cache_is_frozen_out_of_the_garbage_collector(
     start_app: AppFactory,
 ) -> None:
     """After a start that loads SIMs from PostgreSQL, the cache's objects are in the
-    permanent generation (gc.freeze): no collection traverses them again. SIMs
-    provisioned later are collected as usual."""
+    permanent generation (gc.freeze): no collection traverses them again. The collector,
+    off while the cache loads, is on again; SIMs provisioned later are collected as
+    usual."""
     first, stubs = await start_app()
     [loaded] = await account_with_sims(stubs, 1)
     await first.stop()
     app, stubs = await start_app()
+    assert gc.isenabled()
     [provisioned] = await account_with_sims(stubs, 1, start=2)
     collected = {id(o) for o in gc.get_objects()}  # every generation but the permanent one
     assert id(app.cache.sims[loaded]) not in collected
