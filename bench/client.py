@@ -86,6 +86,23 @@ async def receive(conn: Connection, expected: str) -> Any:
     return payload
 
 
+def close_child(
+    conn: Connection, process: multiprocessing.process.BaseProcess, stop: tuple[str, ...] | None
+) -> None:
+    """End a client process: send it `stop` (if any; a dead one cannot take it), close the
+    pipe, and kill it if it has not exited within 10 s."""
+    if stop is not None:
+        try:
+            conn.send(stop)
+        except OSError:
+            pass
+    conn.close()
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
 class StreamClient:
     """Parent side: start the child (it builds its requests), then `run(address)` once.
 
@@ -121,11 +138,7 @@ class StreamClient:
         return await receive(self._conn, expected)
 
     def close(self) -> None:
-        self._conn.close()
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        close_child(self._conn, self._process, None)
 
 
 def _child_main(conn: Connection, workload: Workload, build: RequestBuilder) -> None:

@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from bench.client import StreamClient, receive
+from bench.client import StreamClient, close_child, receive
 from bench.context import BenchContext
 from bench.ingestion import provision
 from bench.registry import Figure, VerificationFailed, benchmark
@@ -166,15 +166,7 @@ class HotClient:
         return await receive(self._conn, expected)
 
     def close(self) -> None:
-        try:
-            self._conn.send(("stop",))
-        except OSError:
-            pass
-        self._conn.close()
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        close_child(self._conn, self._process, ("stop",))
 
 
 def _child_main(conn: Connection, sims: int, calls: int) -> None:

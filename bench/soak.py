@@ -46,6 +46,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench import report
+from bench.client import close_child, receive
 from bench.context import BenchContext, Progress
 from bench.ingestion import provision
 from bench.registry import Figure, VerificationFailed, benchmark
@@ -195,24 +196,10 @@ class LoadClient:
         self, address: str, prefix: str, rate: float | None, seconds: float
     ) -> LoadResult:
         self._conn.send(("load", address, prefix, rate, seconds))
-        try:
-            kind, payload = await asyncio.to_thread(self._conn.recv)
-        except EOFError:
-            raise RuntimeError("the soak client process died") from None
-        if kind == "error":
-            raise RuntimeError(f"the soak client failed:\n{payload}")
-        return LoadResult(**payload)
+        return LoadResult(**await receive(self._conn, "done"))
 
     def close(self) -> None:
-        try:
-            self._conn.send(("quit",))
-        except OSError:
-            pass
-        self._conn.close()
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        close_child(self._conn, self._process, ("quit",))
 
 
 # --- the server side: RSS samples, per-minute table ------------------------------------------
