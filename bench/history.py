@@ -52,7 +52,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.client import ClientResult, StreamClient
@@ -66,8 +65,8 @@ from bench.workload import (
     Record,
     UsageRow,
     Workload,
-    batch_id,
     rated_quantity,
+    serialized_requests,
     sim_iccids,
 )
 from rating.v1 import billing_service_pb2 as b
@@ -78,7 +77,6 @@ from rating.v1 import clock_service_pb2 as k
 from rating.v1 import clock_service_pb2_grpc as k_grpc
 from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
-from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.storage.partitions import create_partitions
 
@@ -146,30 +144,8 @@ def traffic_records(sims: int, seed: int, traffic: Traffic) -> Iterator[Record]:
 
 
 def traffic_requests(workload: Workload, traffic: Traffic) -> list[list[bytes]]:
-    """The client's requests (bench.client.RequestBuilder): batch b on stream b % streams."""
-    iccids = sim_iccids(workload)
-    streams: list[list[bytes]] = [[] for _ in range(workload.streams)]
-    batch: list[t.UsageRecord] = []
-    index = 0
-    for rec in traffic_records(workload.sims, workload.seed, traffic):
-        batch.append(
-            t.UsageRecord(
-                record_id=rec.record_id,
-                iccid=iccids[rec.sim],
-                usage_type=USAGE_TYPE_DATA,
-                quantity=rec.quantity,
-                event_time=Timestamp(seconds=rec.event_seconds),
-                session_id=rec.session_id,
-            )
-        )
-        if len(batch) == workload.batch:
-            request = r.StreamUsageRequest(batch_id=batch_id(index), records=batch)
-            streams[index % workload.streams].append(request.SerializeToString())
-            batch, index = [], index + 1
-    if batch:
-        request = r.StreamUsageRequest(batch_id=batch_id(index), records=batch)
-        streams[index % workload.streams].append(request.SerializeToString())
-    return streams
+    """The client's requests (bench.client.RequestBuilder)."""
+    return serialized_requests(workload, traffic_records(workload.sims, workload.seed, traffic))
 
 
 def traffic_rows(workload: Workload, traffic: Traffic, chunk: int) -> list[list[UsageRow]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -73,9 +73,10 @@ def records(workload: Workload) -> Iterator[Record]:
         )
 
 
-def batches(workload: Workload) -> Iterator[list[Record]]:
+def batches(workload: Workload, of: Iterable[Record] | None = None) -> Iterator[list[Record]]:
+    """`of` (default: the workload's records) in batches of `workload.batch`."""
     batch: list[Record] = []
-    for record in records(workload):
+    for record in records(workload) if of is None else of:
         batch.append(record)
         if len(batch) == workload.batch:
             yield batch
@@ -88,11 +89,14 @@ def batch_id(index: int) -> str:
     return f"batch-{index:07d}"
 
 
-def serialized_requests(workload: Workload) -> list[list[bytes]]:
-    """Per stream, its StreamUsageRequest messages already serialized, in sending order."""
+def serialized_requests(
+    workload: Workload, of: Iterable[Record] | None = None
+) -> list[list[bytes]]:
+    """Per stream, its StreamUsageRequest messages already serialized, in sending order:
+    batch b on stream b % streams; `of` the records (default: the workload's)."""
     iccids = sim_iccids(workload)
     streams: list[list[bytes]] = [[] for _ in range(workload.streams)]
-    for index, batch in enumerate(batches(workload)):
+    for index, batch in enumerate(batches(workload, of)):
         request = r.StreamUsageRequest(
             batch_id=batch_id(index),
             records=[
