@@ -203,12 +203,16 @@ class Measured:
     seconds: float
     rss: int  # bytes, VmRSS once serving and answering
     peak: int  # bytes, VmHWM at that moment (the start's peak)
+    loaded: dict[str, Any]  # the service's "cache loaded" log line: its seconds, replayed...
 
-    def details(self) -> dict[str, float]:
+    def details(self) -> dict[str, Any]:
         return {
             "restart_seconds": round(self.seconds, 3),
             "rss_mib": round(self.rss / MIB, 1),
             "peak_rss_mib": round(self.peak / MIB, 1),
+            "cache_load_seconds": self.loaded.get("seconds"),
+            "sim_periods_loaded": self.loaded.get("sim_periods"),
+            "replayed_records": self.loaded.get("replayed_records"),
         }
 
 
@@ -224,6 +228,7 @@ class ServiceProcess:
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     log_tail: list[str] = field(default_factory=list)
+    loaded: dict[str, Any] = field(default_factory=dict)  # the last start's "cache loaded"
     killed_for_memory: int | None = None
     _done: threading.Event = field(default_factory=threading.Event)
 
@@ -239,7 +244,7 @@ class ServiceProcess:
             "RATING_LATE_USAGE_WINDOW_S": str(self.window_s),
         }
         self._done = threading.Event()
-        self.log_tail = []
+        self.log_tail, self.loaded = [], {}
         started = time.perf_counter()
         self.proc = await asyncio.to_thread(
             subprocess.Popen,
@@ -268,6 +273,8 @@ class ServiceProcess:
     def _await_serving(self, lines: Iterator[str]) -> int:
         for line in lines:
             event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "cache loaded":
+                self.loaded = event
             if event.get("event") == "serving":
                 return int(event["grpc_port"])
         raise VerificationFailed("the service exited before serving:\n" + "".join(self.log_tail))
@@ -306,7 +313,7 @@ class ServiceProcess:
             if health.status != health_pb2.HealthCheckResponse.SERVING:
                 raise VerificationFailed(f"health after serving: {health.status}")
             await k_grpc.ClockServiceStub(channel).GetTime(k.GetTimeRequest(), timeout=60)
-        return Measured(seconds, self.memory("VmRSS"), self.memory("VmHWM"))
+        return Measured(seconds, self.memory("VmRSS"), self.memory("VmHWM"), self.loaded)
 
     async def stop(self) -> None:
         """SIGTERM; it must exit with status 0."""
