@@ -73,8 +73,8 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         )
         return pb.AuthorizeSessionResponse(
             allowed=answer.allowed,
-            deny_reason=answer.deny_reason.value if answer.deny_reason else 0,  # type: ignore[arg-type]
-            state=answer.state.value if answer.state else 0,  # type: ignore[arg-type]
+            deny_reason=convert.number(answer.deny_reason),  # type: ignore[arg-type]
+            state=convert.number(answer.state),  # type: ignore[arg-type]
             billing_started=answer.billing_started,
             would_start_billing=answer.would_start_billing,
             price_micros=answer.price_micros,

@@ -43,8 +43,17 @@ def sim_view(
             threshold_progress(plan.thresholds, usage.lifetime_raw) if plan.thresholds else []
         ),
         current_period=period_name,
-        period_usage=sorted(
-            ((t, c.raw_quantity) for t, c in usage.period(period_name).items()),
-            key=lambda pair: pair[0].value,
+        period_usage=_by_usage_type(
+            [(c.usage_type, c.raw_quantity) for c in usage.counters if c.period == period_name]
         ),
     )
+
+
+# Usage types in their numbers' order, looked up (Enum's `.value` is a property, slower).
+_ORDER = {usage_type: usage_type.value for usage_type in UsageType}
+
+
+def _by_usage_type(pairs: list[tuple[UsageType, int]]) -> list[tuple[UsageType, int]]:
+    if len(pairs) > 1:
+        pairs.sort(key=lambda pair: _ORDER[pair[0]])
+    return pairs
