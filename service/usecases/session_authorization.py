@@ -33,9 +33,11 @@ class Authorization(NamedTuple):
     estimated_charge_micros: int = 0
 
 
+# By SimState number (an int key: a dict keyed by Enum members calls Enum's __hash__ in
+# Python at every look-up).
 _DENIED_STATES = {
-    SimState.SUSPENDED: DenyReason.SUSPENDED,
-    SimState.TERMINATED: DenyReason.TERMINATED,
+    SimState.SUSPENDED._value_: DenyReason.SUSPENDED,
+    SimState.TERMINATED._value_: DenyReason.TERMINATED,
 }
 
 
@@ -78,7 +80,7 @@ def authorize(
             estimate = estimate_charge(
                 rate, used, rated_quantity(requested_quantity, rate), included
             )
-    deny = _DENIED_STATES.get(sim.state)
+    deny = _DENIED_STATES.get(sim.state._value_)
     return Authorization(
         allowed=deny is None,
         deny_reason=deny,

@@ -49,11 +49,8 @@ def sim_view(
     )
 
 
-# Usage types in their numbers' order, looked up (Enum's `.value` is a property, slower).
-_ORDER = {usage_type: usage_type.value for usage_type in UsageType}
-
-
 def _by_usage_type(pairs: list[tuple[UsageType, int]]) -> list[tuple[UsageType, int]]:
+    """In the usage types' numbers' order (`_value_`: Enum's `.value` is a slower property)."""
     if len(pairs) > 1:
-        pairs.sort(key=lambda pair: _ORDER[pair[0]])
+        pairs.sort(key=lambda pair: pair[0]._value_)
     return pairs
