@@ -117,8 +117,12 @@ class SimUsage:
         counters = self.counters
         return len(counters) if len(counters) < 2 else len({c.period for c in counters})
 
+    def in_period(self, name: str) -> list[UsageCounters]:
+        """The counters of one period, one per usage type."""
+        return [c for c in self.counters if c.period == name]
+
     def period(self, name: str) -> dict[UsageType, UsageCounters]:
-        return {c.usage_type: c for c in self.counters if c.period == name}
+        return {c.usage_type: c for c in self.in_period(name)}
 
     def find(self, period: str, usage_type: UsageType) -> UsageCounters | None:
         for c in self.counters:
@@ -143,7 +147,7 @@ class SimUsage:
 
     def drop_period(self, name: str) -> tuple[UsageCounters, ...]:
         """Remove the counters of one period; returns them."""
-        dropped = tuple(c for c in self.counters if c.period == name)
+        dropped = tuple(self.in_period(name))
         if dropped:
             self.counters = tuple(c for c in self.counters if c.period != name)
         return dropped
@@ -227,14 +231,14 @@ class StateCache:
         facts = []
         for iccid in self.sims_by_account.get(account_id, ()):
             sim = self.sims[iccid]
-            counters = self.usage_of(iccid).counters
+            counters = self.usage_of(iccid).in_period(period)
             facts.append(
                 SimPeriodFacts(
                     iccid=iccid,
                     plan_id=sim.plan_id,
                     billing_started_at=sim.billing_started_at,
                     terminated_at=sim.terminated_at,
-                    usage={c.usage_type: c.facts() for c in counters if c.period == period},
+                    usage={c.usage_type: c.facts() for c in counters},
                 )
             )
         return facts

@@ -44,7 +44,7 @@ def sim_view(
         ),
         current_period=period_name,
         period_usage=_by_usage_type(
-            [(c.usage_type, c.raw_quantity) for c in usage.counters if c.period == period_name]
+            [(c.usage_type, c.raw_quantity) for c in usage.in_period(period_name)]
         ),
     )
 
