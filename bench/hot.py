@@ -13,15 +13,16 @@ size the service gives (one real response, taken before the timer): what gRPC an
 protobuf alone cost for the same messages in one Python process.
 
 In a child process (like bench.client): `--hot-calls` requests per method over random
-SIMs (fixed seed), built and serialized before any timer; sent as raw bytes by
-`concurrency` coroutines on one channel per server; each call timed from handing it to gRPC to its
-answer. Responses are parsed and checked after the timer. For each method and
-concurrency the client holds a channel to each server, makes `WARMUP` untimed calls on
-each, then sends the calls in `BLOCKS` blocks, each block to both servers in turn (the
-order swapped every block): the machine is shared, and a burst of other work then falls
-on both sides alike. Per side, QPS = calls / the summed seconds of its blocks; the
-percentiles are over all its calls. Figures: QPS, p50 and p99 in ms; `vs baseline`
-compares each service figure with the no-op figure of the same run.
+SIMs (fixed seed), built and serialized before any timer (at concurrency 1 the first
+fifth of them); sent as raw bytes by `concurrency` coroutines on one channel per server;
+each call timed from handing it to gRPC to its answer. Responses are parsed and checked
+after the timer. For each method and concurrency the client holds a channel to each
+server, makes `WARMUP` untimed calls on each, then sends the calls in blocks of `BLOCK`,
+each block to both servers in turn (the order swapped every block): the machine is
+shared, and a burst of other work then falls on both sides alike. Per side, QPS = calls /
+the summed seconds of its blocks; the percentiles are over all its calls. Figures: QPS,
+p50 and p99 in ms; `vs baseline` compares each service figure with the no-op figure of
+the same run.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ from service.ops.metrics import Metrics
 METHODS = ("AuthorizeSession", "GetSimStatus")
 CONCURRENCIES = (1, 50)
 WARMUP = 500  # untimed calls to each server before the timed blocks
-BLOCKS = 20  # the calls in this many blocks, each sent to both servers in turn
+BLOCK = 1_000  # calls per block; each block is sent to both servers in turn
+# At concurrency 1 a call takes ~4x the time it takes at 50: a fifth of the calls there.
+CALLS_AT_1 = 5
 REQUESTED_QUANTITY = 1_048_576
 SEED = 12
 CALLS_UNIT = "calls/s"
@@ -64,7 +67,10 @@ MS = "ms"
 class HotOptions:
     sims: int = 1_000_000
     records: int = 1_000_000
-    calls: int = 20_000
+    # At concurrency 50 (a fifth at concurrency 1). At 20,000 the same-run QPS ratio of
+    # identical code spread ±4% between runs on this 2-core machine; the spread shrinks
+    # with the square root of the calls (docs/performance.md).
+    calls: int = 100_000
 
 
 def _path(method: str) -> str:
@@ -198,8 +204,8 @@ async def _drive(
     requests: list[bytes],
     warmup: list[bytes],
 ) -> tuple[CallsResult, CallsResult]:
-    """Both servers on their own channel; after WARMUP calls on each, the calls in BLOCKS
-    blocks, each block sent to one server then the other (the order swapped every block),
+    """Both servers on their own channel; after WARMUP calls on each, the calls in blocks
+    of BLOCK, each block sent to one server then the other (the order swapped every block),
     so a burst of the machine's other work falls on both sides alike."""
     channels = [grpc.aio.insecure_channel(a) for a in (address, noop_address)]
     try:
@@ -229,9 +235,10 @@ async def _drive(
         seconds = [0.0, 0.0]
         answers: list[list[bytes]] = [[], []]
         latencies: list[list[int]] = [[], []]
-        size = -(-len(requests) // BLOCKS)
-        for block in range(BLOCKS):
-            batch = requests[block * size : (block + 1) * size]
+        if concurrency == 1:
+            requests = requests[: max(1, len(requests) // CALLS_AT_1)]
+        for block, first in enumerate(range(0, len(requests), BLOCK)):
+            batch = requests[first : first + BLOCK]
             for side in (0, 1) if block % 2 == 0 else (1, 0):
                 took, got, timed = await drive(calls[side], batch)
                 seconds[side] += took

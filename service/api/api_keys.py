@@ -127,6 +127,11 @@ class Authenticator:
             raise InvalidArgument("RATING_API_KEYS_FILE", f"cannot read {path}: {exc}") from exc
         return cls(callers)
 
+    def caller_without_key(self, service: str) -> Caller | None:
+        """Who calls `service` without a key (an open service, or no keys configured);
+        None when each call must carry one."""
+        return _ANONYMOUS if self._by_hash is None or service in OPEN_SERVICES else None
+
     def authenticate(self, service: str, method: str, metadata: Callable[[], Metadata]) -> Caller:
         """`metadata` gives the call's metadata; it is only asked for when a key is needed."""
         if service in OPEN_SERVICES or self._by_hash is None:

@@ -323,11 +323,17 @@ def fill_sim_status(view: SimView, out: pb.SimStatus) -> None:
     out.current_period = view.current_period
     for usage_type, quantity in view.period_usage:
         out.period_usage.add(usage_type=usage_type._value_, quantity=quantity)  # type: ignore[arg-type]
+    # A timestamp field is reached only when it is set: reading `out.<field>` builds a
+    # Python object for the submessage even when nothing is written into it.
     time_to_proto(sim.provisioned_at, out.provisioned_at)
-    time_to_proto(sim.billing_started_at, out.billing_started_at)
-    time_to_proto(view.activation_deadline, out.activation_deadline)
-    time_to_proto(sim.terminated_at, out.terminated_at)
-    time_to_proto(sim.suspended_at, out.suspended_at)
+    if sim.billing_started_at is not None:
+        time_to_proto(sim.billing_started_at, out.billing_started_at)
+    if view.activation_deadline is not None:
+        time_to_proto(view.activation_deadline, out.activation_deadline)
+    if sim.terminated_at is not None:
+        time_to_proto(sim.terminated_at, out.terminated_at)
+    if sim.suspended_at is not None:
+        time_to_proto(sim.suspended_at, out.suspended_at)
 
 
 def invoice_to_proto(invoice: m.Invoice) -> pb.Invoice:

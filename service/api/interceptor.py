@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import structlog
 
-from service.api.api_keys import Authenticator
+from service.api.api_keys import Authenticator, Caller
 from service.domain import errors
 from service.ops.metrics import Metrics
 
@@ -67,42 +67,72 @@ READ_METHODS = frozenset(
 
 class _Method:
     """What every call of one method shares: its names, its counts in the grpc_server_*
-    series and the sampling of its log line."""
+    series, the caller it needs no key for and the sampling of its log line."""
 
-    def __init__(self, metrics: Metrics, method: str, grpc_type: str, log_every: int) -> None:
+    def __init__(
+        self, metrics: Metrics, auth: Authenticator, method: str, grpc_type: str, log_every: int
+    ) -> None:
         _, _, path = method.partition("/")
         self.service, _, self.method = path.partition("/")
         self.metrics = metrics
         self.counts = metrics.rpc.method(grpc_type, self.service, self.method)
+        self.count_caller = metrics.rpc.count_caller  # rating_rpc_calls_total
+        self.auth = auth
+        # Every caller of an open service, or of any service when no keys are configured.
+        self.keyless = auth.caller_without_key(self.service)
         self.log_every = log_every  # 1: every call; 0: only failures
-        self._unlogged = 0  # successful calls since the last one logged
+        self.unlogged = 0  # successful calls since the last one logged
 
-    def logs(self, code: grpc.StatusCode) -> bool:
-        """Whether this outcome gets its log line: failures always, successes sampled."""
-        if code is not _OK or self.log_every == 1:
-            return True
-        if self.log_every == 0:
-            return False
-        self._unlogged += 1
-        if self._unlogged < self.log_every:
-            return False
-        self._unlogged = 0
-        return True
+    def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller (counted in rating_rpc_calls_total), or Unauthenticated /
+        PermissionDenied raised."""
+        caller = self.keyless or self.auth.authenticate(
+            self.service, self.method, context.invocation_metadata
+        )
+        self.count_caller(caller.name)
+        return caller
+
+    def finished(self, code: grpc.StatusCode, started: float, caller: str, **fields: Any) -> None:
+        """Count the call's outcome, and log it: a failure always, a success one in
+        `log_every` (never with 0)."""
+        elapsed = time.perf_counter() - started
+        ok = code is _OK
+        self.counts.finished("OK" if ok else code.name, elapsed)
+        if ok and self.log_every != 1:
+            if self.log_every == 0:
+                return
+            self.unlogged += 1
+            if self.unlogged < self.log_every:
+                return
+            self.unlogged = 0
+            fields["logged_one_in"] = self.log_every
+        log.info(
+            "rpc",
+            service=self.service,
+            method=self.method,
+            caller=caller,
+            code=code.name,
+            duration_ms=round(elapsed * 1000, 3),
+            **fields,
+        )
 
 
 _OK = grpc.StatusCode.OK
 
 
 class _Call:
-    """Book-keeping of one RPC: start time, caller, outcome."""
+    """Book-keeping of one RPC that goes beyond the common path (a stream, a failure):
+    start time, caller, outcome."""
 
     __slots__ = ("book", "caller", "started")
 
-    def __init__(self, book: _Method) -> None:
+    def __init__(self, book: _Method, started: float | None = None, caller: str = "-") -> None:
         self.book = book
-        self.started = time.perf_counter()
-        self.caller = "-"
-        book.counts.started += 1
+        self.caller = caller
+        if started is None:
+            started = time.perf_counter()
+            book.counts.started += 1
+        self.started = started
 
     @property
     def method(self) -> str:
@@ -112,30 +142,12 @@ class _Call:
     def metrics(self) -> Metrics:
         return self.book.metrics
 
-    def authenticate(self, auth: Authenticator, context: grpc.aio.ServicerContext) -> None:
+    def authenticate(self, context: grpc.aio.ServicerContext) -> None:
         """Refuse the call (Unauthenticated / PermissionDenied) or note who makes it."""
-        book = self.book
-        caller = auth.authenticate(book.service, book.method, context.invocation_metadata)
-        self.caller = caller.name
-        book.metrics.rpc.count_caller(caller.name)
+        self.caller = self.book.authenticate(context).name
 
     def finish(self, code: grpc.StatusCode, **fields: Any) -> None:
-        elapsed = time.perf_counter() - self.started
-        book = self.book
-        book.counts.finished("OK" if code is _OK else code.name, elapsed)
-        if not book.logs(code):
-            return
-        if book.log_every > 1 and code is _OK:
-            fields["logged_one_in"] = book.log_every
-        log.info(
-            "rpc",
-            service=book.service,
-            method=book.method,
-            caller=self.caller,
-            code=code.name,
-            duration_ms=round(elapsed * 1000, 3),
-            **fields,
-        )
+        self.book.finished(code, self.started, self.caller, **fields)
 
 
 # Error messages quote what the caller sent; an id of 300 KB would make the status message
@@ -241,7 +253,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
     def _book(self, method: str, grpc_type: str) -> _Method:
         log_every = self._log_reads_every if method in READ_METHODS else 1
-        return _Method(self._metrics, method, grpc_type, log_every)
+        return _Method(self._metrics, self._auth, method, grpc_type, log_every)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
@@ -265,24 +277,38 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         return handler
 
     def _wrap_awaited(self, behavior: Any, method: str, grpc_type: str) -> Any:
-        """A handler awaited for its answer: a unary call, or a stream whose handler writes
-        with context.write() and returns."""
-        book, auth = self._book(method, grpc_type), self._auth
+        """A handler that gives its answer when it returns: a unary call, or a stream whose
+        handler writes with context.write() and returns.
+
+        The common path, a call that succeeds, builds nothing per call: it runs thousands
+        of times a second for the session-start reads (docs/performance.md). A handler
+        written as a plain function (`def`) is answered right here, on the event loop,
+        without a coroutine of its own: it must not block, and it answers or raises
+        (grpc.aio alone would run it on a thread of its pool)."""
+        book = self._book(method, grpc_type)
+        counts = book.counts
+        awaited = inspect.iscoroutinefunction(behavior)
+        clock = time.perf_counter
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(book)
+            started = clock()
+            counts.started += 1
+            caller = "-"
             try:
-                call.authenticate(auth, context)
-                response = await behavior(request, context)
+                caller = book.authenticate(context).name
+                if awaited:
+                    response = await behavior(request, context)
+                else:
+                    response = behavior(request, context)
             except asyncio.CancelledError:
-                call.finish(grpc.StatusCode.CANCELLED)
+                book.finished(grpc.StatusCode.CANCELLED, started, caller)
                 raise
             except grpc.aio.AbortError:
-                call.finish(_code_of(context))
+                book.finished(_code_of(context), started, caller)
                 raise
             except Exception as exc:
-                await _fail(call, context, exc)
-            call.finish(_code_of(context))
+                await _fail(_Call(book, started, caller), context, exc)
+            book.finished(_code_of(context) if awaited else _OK, started, caller)
             return response
 
         return wrapper
@@ -292,13 +318,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
             # A handler that writes its responses with context.write() and returns (the
             # health servicer's Watch) rather than yielding them.
             return self._wrap_awaited(behavior, method, grpc_type)
-        book, auth = self._book(method, grpc_type), self._auth
+        book = self._book(method, grpc_type)
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = _Call(book)
             messages = 0
             try:
-                call.authenticate(auth, context)
+                call.authenticate(context)
                 async for response in behavior(request, context):
                     messages += 1
                     yield response

@@ -49,7 +49,10 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self._streams = 0
         self._stopping = asyncio.Event()
 
-    async def GetSimStatus(
+    # The session-start reads are plain functions: they never wait, and the interceptor
+    # answers them on the event loop without a coroutine each (service/api/interceptor.py).
+
+    def GetSimStatus(
         self, request: pb.GetSimStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSimStatusResponse:
         if not request.iccid:
@@ -59,7 +62,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         convert.fill_sim_status(view, response.status)
         return response
 
-    async def AuthorizeSession(
+    def AuthorizeSession(
         self, request: pb.AuthorizeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeSessionResponse:
         usage_type = convert.enum_from_proto(UsageType, request.usage_type, "usage_type")

@@ -53,11 +53,10 @@ def authorize(
         raise InvalidArgument("iccid", "is required")
     if requested_quantity < 0:
         raise InvalidArgument("requested_quantity", "must be >= 0")
-    sim = cache.sims.get(iccid)
+    sim, usage = cache.sim_and_usage(iccid)
     if sim is None:
         return Authorization(allowed=False, deny_reason=DenyReason.UNKNOWN_SIM)
     plan = cache.plans[sim.plan_id]
-    usage = cache.usage_of(iccid)
     billing_started = sim.billing_started_at is not None
     would_start = (
         plan.activation_mode is ActivationMode.FIRST_USE
@@ -72,7 +71,7 @@ def authorize(
     price = unit = remaining = estimate = 0
     if rate is not None:
         period = periods.name(cache.accounts[sim.account_id], clock.now())
-        used, included = cache.allowance_position(sim, rate, period)
+        used, included = cache.allowance_position(sim, rate, period, usage)
         price = marginal_price(rate, max(0, used - included))
         unit = rate.unit_quantity
         remaining = max(0, included - used)
@@ -81,14 +80,9 @@ def authorize(
                 rate, used, rated_quantity(requested_quantity, rate), included
             )
     deny = _DENIED_STATES.get(sim.state._value_)
+    # Positional, in the fields' order: keywords cost a NamedTuple ~0.3 us more per call
+    # (warm; about 1 us in the running server).
+    allowed = deny is None
     return Authorization(
-        allowed=deny is None,
-        deny_reason=deny,
-        state=sim.state,
-        billing_started=billing_started,
-        would_start_billing=would_start,
-        price_micros=price,
-        unit_quantity=unit,
-        remaining_included_quantity=remaining,
-        estimated_charge_micros=estimate,
+        allowed, deny, sim.state, billing_started, would_start, price, unit, remaining, estimate
     )

@@ -26,7 +26,9 @@ def sim_view(
 ) -> SimView:
     """`periods`, if given, remembers the accounts' periods across calls (a hot caller's:
     computing a period from the account's time zone costs more than the rest of the view)."""
-    sim = cache.sim(iccid)
+    sim, usage = cache.sim_and_usage(iccid)
+    if sim is None:
+        sim = cache.sim(iccid)  # raises NotFound
     plan = cache.plan(sim.plan_id)
     account = cache.account(sim.account_id)
     now = clock.now()
@@ -34,7 +36,6 @@ def sim_view(
         period_name = periods.name(account, now)
     else:
         period_name = period_containing(now, account.timezone, account.billing_day).name
-    usage = cache.usage_of(iccid)
     return SimView(
         sim=sim,
         activation_deadline=activation_deadline(plan, sim.provisioned_at),
