@@ -50,7 +50,7 @@ from service.api.api_keys import Authenticator
 from service.api.billing import BillingServicer
 from service.api.catalog import CatalogServicer
 from service.api.clock import ClockServicer
-from service.api.interceptor import ObservabilityInterceptor
+from service.api.interceptor import ObservabilityInterceptor, ObservedHandlers
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
 from service.domain.activation import is_charged
@@ -102,12 +102,12 @@ class _ObservedServices:
     """
 
     def __init__(self, server: grpc.aio.Server, observability: ObservabilityInterceptor) -> None:
-        self._observed = observability.observed()
-        server.add_generic_rpc_handlers([self._observed])
+        self.observed = observability.observed()
+        server.add_generic_rpc_handlers([self.observed])
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         for handler in handlers:
-            self._observed.add(handler)
+            self.observed.add(handler)
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         """Not registered: the generic handler added with them serves these methods."""
@@ -134,6 +134,9 @@ class Application:
         self._persister_task: asyncio.Task[None] | None = None
         self._committed_seq = 0  # usage_records.seq of the last record loaded at start
         self._rating: RatingServicer | None = None
+        # The one generic handler of the gRPC server: every method, wrapped by the
+        # interceptor (bench.cold calls its handlers without gRPC).
+        self.handlers: ObservedHandlers | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         self.crashed: str | None = None  # the first worker that crashed
@@ -358,7 +361,9 @@ class Application:
         observability = ObservabilityInterceptor(
             self.metrics, self.auth, self.settings.rpc_log_reads_every
         )
-        services = cast(grpc.aio.Server, _ObservedServices(server, observability))
+        observed = _ObservedServices(server, observability)
+        self.handlers = observed.observed
+        services = cast(grpc.aio.Server, observed)
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogServicer(catalog, self.cache), services
         )
@@ -390,6 +395,11 @@ class Application:
         self.port = self._listen(server)
         await server.start()
         self._server = server
+
+    @property
+    def rating(self) -> RatingServicer | None:
+        """The RatingService servicer once started (bench.cold calls its methods)."""
+        return self._rating
 
     def _listen(self, server: grpc.aio.Server) -> int:
         settings = self.settings
