@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rating.v1 import billing_service_pb2 as b
 from rating.v1 import catalog_service_pb2 as c
+from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.ops.metrics import _LATENCY_BUCKETS, RPC_LABELS, RpcMetrics
@@ -88,6 +89,51 @@ async def test_grpc_metrics_count_calls_by_code(app_stubs: tuple[Application, St
     assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "NOT_FOUND"}) == 1
     assert value("grpc_server_handled_total", {**get_plan, "grpc_code": "INVALID_ARGUMENT"}) == 1
     assert value("grpc_server_handling_seconds_count", get_plan) == 2
+
+
+async def test_session_start_reads_are_counted_and_mapped_like_every_call(
+    app_stubs: tuple[Application, Stubs],
+) -> None:
+    """AuthorizeSession and GetSimStatus are plain functions the interceptor calls without
+    a coroutine of their own: their answers, errors, series and callers are those of any
+    call."""
+    app, stubs = app_stubs
+    sim = (await account_with_sims(stubs, 1))[0]
+    unknown = "8999000000000000000"
+    value = app.metrics.registry.get_sample_value
+    anonymous = {"caller": "anonymous"}
+    callers_before = value("rating_rpc_calls_total", anonymous)
+    status = await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=sim))
+    assert status.status.iccid == sim and status.status.state == t.SIM_STATE_ACTIVE
+    denied = await stubs.rating.AuthorizeSession(
+        r.AuthorizeSessionRequest(iccid=unknown, usage_type=t.USAGE_TYPE_DATA, requested_quantity=1)
+    )
+    assert denied.deny_reason == r.DENY_REASON_UNKNOWN_SIM
+    failures = [
+        (stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=unknown)), "NOT_FOUND"),
+        (stubs.rating.GetSimStatus(r.GetSimStatusRequest()), "INVALID_ARGUMENT"),
+        (stubs.rating.AuthorizeSession(r.AuthorizeSessionRequest(iccid=sim)), "INVALID_ARGUMENT"),
+    ]
+    for call, code in failures:
+        try:
+            await call
+            raise AssertionError(f"{code} expected")
+        except grpc.aio.AioRpcError as err:
+            assert err.code().name == code, err
+    labels = {"grpc_type": "unary", "grpc_service": "rating.v1.RatingService"}
+    status_labels = {**labels, "grpc_method": "GetSimStatus"}
+    authorize = {**labels, "grpc_method": "AuthorizeSession"}
+    assert value("grpc_server_started_total", status_labels) == 3
+    assert value("grpc_server_handled_total", {**status_labels, "grpc_code": "OK"}) == 1
+    assert value("grpc_server_handled_total", {**status_labels, "grpc_code": "NOT_FOUND"}) == 1
+    assert (
+        value("grpc_server_handled_total", {**status_labels, "grpc_code": "INVALID_ARGUMENT"}) == 1
+    )
+    assert value("grpc_server_handling_seconds_count", status_labels) == 3
+    assert value("grpc_server_started_total", authorize) == 2
+    assert value("grpc_server_handled_total", {**authorize, "grpc_code": "OK"}) == 1
+    assert value("grpc_server_handled_total", {**authorize, "grpc_code": "INVALID_ARGUMENT"}) == 1
+    assert value("rating_rpc_calls_total", anonymous) == callers_before + 5
 
 
 def test_rpc_series_are_exposed_as_prometheus_client_would() -> None:
