@@ -29,24 +29,22 @@ def sim_view(
     sim, usage = cache.sim_and_usage(iccid)
     if sim is None:
         sim = cache.sim(iccid)  # raises NotFound
-    plan = cache.plan(sim.plan_id)
-    account = cache.account(sim.account_id)
+    plan = cache.plans[sim.plan_id]  # a SIM's plan and account are always in the cache
+    account = cache.accounts[sim.account_id]
     now = clock.now()
     if periods is not None:
         period_name = periods.name(account, now)
     else:
         period_name = period_containing(now, account.timezone, account.billing_day).name
+    # Positional, in the fields' order (sim, activation_deadline, first_use_progress,
+    # current_period, period_usage): keywords cost a NamedTuple more at every call.
     return SimView(
-        sim=sim,
-        activation_deadline=activation_deadline(plan, sim.provisioned_at),
+        sim,
+        activation_deadline(plan, sim.provisioned_at),
         # lifetime_raw adds up every period the SIM has: only when there is a threshold.
-        first_use_progress=(
-            threshold_progress(plan.thresholds, usage.lifetime_raw) if plan.thresholds else []
-        ),
-        current_period=period_name,
-        period_usage=_by_usage_type(
-            [(c.usage_type, c.raw_quantity) for c in usage.in_period(period_name)]
-        ),
+        threshold_progress(plan.thresholds, usage.lifetime_raw) if plan.thresholds else [],
+        period_name,
+        _by_usage_type([(c.usage_type, c.raw_quantity) for c in usage.in_period(period_name)]),
     )
 
 
