@@ -106,8 +106,11 @@ async def measure(url: str, sims: int, calls: int, rounds: int) -> None:
             for _ in range(rounds):
                 same = [_request(method, iccids[0])] * calls
                 spread = [_request(method, iccids[rng.randrange(sims)]) for _ in range(calls)]
-                asks = {"one SIM": (same, None), "random": (spread, None)}
-                asks["random, cold"] = (spread, flush)
+                asks: dict[str, tuple[list[Any], bytearray | None]] = {
+                    "one SIM": (same, None),
+                    "random": (spread, None),
+                    "random, cold": (spread, flush),
+                }
                 for form, handler in forms.items():
                     for ask, (requests, flushing) in asks.items():
                         took = _timed(handler, requests, flushing)

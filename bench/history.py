@@ -57,7 +57,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.client import ClientResult, StreamClient
 from bench.context import BenchContext
-from bench.ingestion import PLAN, PROVISION_CALL
+from bench.ingestion import PLAN, provision_sims
 from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
 from bench.storage import timed_copy
 from bench.workload import (
@@ -76,7 +76,6 @@ from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
 from rating.v1 import clock_service_pb2 as k
 from rating.v1 import clock_service_pb2_grpc as k_grpc
-from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import types_pb2 as t
 from service.storage.partitions import create_partitions
@@ -204,6 +203,11 @@ def _mem_available() -> int:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
+def service_rss_limit() -> int:
+    """The RSS above which a service is killed: RSS_LIMIT_SHARE of the memory available now."""
+    return int(RSS_LIMIT_SHARE * _mem_available())
+
+
 @dataclass
 class Measured:
     """One start of the service: seconds to `serving`, then its memory."""
@@ -226,7 +230,8 @@ class Measured:
 
 @dataclass
 class ServiceProcess:
-    """`python -m service` on `url`, test clock at `clock`, port 0, JSON logs on stderr.
+    """`python -m service` from the checkout `tree` on `url`, test clock at `clock`, port 0,
+    JSON logs on stderr.
 
     A watchdog thread kills it if its RSS passes `rss_limit` (the machine is shared)."""
 
@@ -234,6 +239,7 @@ class ServiceProcess:
     window_s: int
     rss_limit: int
     checkpoint_interval_s: float = 30.0
+    tree: Path = REPO
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     log_tail: list[str] = field(default_factory=list)
@@ -244,8 +250,10 @@ class ServiceProcess:
 
     async def start(self, clock: datetime) -> float:
         """Start it; the seconds from starting the process to its `serving` log line."""
+        path = os.environ.get("PYTHONPATH")
         env = {
             **os.environ,
+            "PYTHONPATH": f"{self.tree}{os.pathsep}{path}" if path else str(self.tree),
             "RATING_DATABASE_URL": self.url,
             "RATING_CLOCK": f"test:{clock.isoformat()}",
             "RATING_GRPC_ADDR": "127.0.0.1:0",
@@ -260,7 +268,7 @@ class ServiceProcess:
         self.proc = await asyncio.to_thread(
             subprocess.Popen,
             [sys.executable, "-m", "service"],
-            cwd=REPO,
+            cwd=self.tree,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -385,17 +393,9 @@ async def provision(channel: grpc.aio.Channel, sims: int) -> None:
         account = t.Account(account_id=account_id(n), currency="EUR")
         await catalog.PutAccount(c.PutAccountRequest(account=account))
         mine = iccids[n * sims // ACCOUNTS : (n + 1) * sims // ACCOUNTS]
-        for start in range(0, len(mine), PROVISION_CALL):
-            request = p.ProvisionSimsRequest(
-                account_id=account.account_id,
-                plan_id=PLAN.plan_id,
-                iccids=mine[start : start + PROVISION_CALL],
-            )
-            request.provisioned_at.FromDatetime(START)
-            response = await provisioning.ProvisionSims(request, timeout=300)
-            created = sum(1 for x in response.results if x.status == p.PROVISION_STATUS_CREATED)
-            if created != len(request.iccids):
-                raise VerificationFailed(f"provisioned {created} of {len(request.iccids)} SIMs")
+        await provision_sims(
+            provisioning, account.account_id, PLAN.plan_id, mine, START, deadline_s=300
+        )
 
 
 async def advance(channel: grpc.aio.Channel, to: datetime) -> None:
@@ -846,7 +846,7 @@ async def history(ctx: BenchContext) -> list[Figure]:
     sims = ctx.sims_option or FULL_SIMS
     if sims < ACCOUNTS:
         raise VerificationFailed(f"history needs at least {ACCOUNTS} SIMs")
-    rss_limit = int(RSS_LIMIT_SHARE * _mem_available())
+    rss_limit = service_rss_limit()
     ctx.progress.line(
         f"history: {sims:,} SIMs; the service is killed above {rss_limit / MIB:,.0f} MiB RSS"
     )

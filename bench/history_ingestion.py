@@ -17,6 +17,7 @@ history_ingestion"`. The restart and memory parts of the history benchmark are s
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import asyncpg
 
@@ -76,7 +77,9 @@ async def fill_history(conn: asyncpg.Connection, records: int, progress_line: ob
     await conn.execute("ANALYZE usage_records")
 
 
-async def _ingest(ctx: BenchContext, workload: Workload, history: int) -> tuple[ClientResult, dict]:
+async def _ingest(
+    ctx: BenchContext, workload: Workload, history: int
+) -> tuple[ClientResult, dict[str, Any]]:
     client = StreamClient(workload)
     progress = ctx.progress
     name = "history" if history else "empty"

@@ -345,7 +345,9 @@ def _figures(
         "gc": service.gc,
     }
     return [
-        Figure(f"{key}_qps", f"{what} QPS", service.qps, CALLS_UNIT, details, f"{base}_qps"),
+        Figure(
+            f"{key}_qps", f"{what} QPS", service.qps, CALLS_UNIT, details, baseline=f"{base}_qps"
+        ),
         Figure(f"{key}_p50", f"{what} p50", service.p50_ms, MS, baseline=f"{base}_p50"),
         Figure(f"{key}_p99", f"{what} p99", service.p99_ms, MS, baseline=f"{base}_p99"),
         Figure(f"{base}_qps", f"  no-op {what} QPS", noop.qps, CALLS_UNIT),

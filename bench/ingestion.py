@@ -11,6 +11,9 @@ exactly `records` rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+
 import asyncpg
 import grpc
 
@@ -54,6 +57,27 @@ PLAN = t.Plan(
 )
 
 
+async def provision_sims(
+    provisioning: p_grpc.ProvisioningServiceStub,
+    account_id: str,
+    plan_id: str,
+    iccids: Sequence[str],
+    provisioned_at: datetime = PROVISIONED_AT,
+    deadline_s: float = 120,
+) -> None:
+    """`iccids` into `account_id` on `plan_id`, provisioned at `provisioned_at`, in calls of
+    PROVISION_CALL, each with a deadline of `deadline_s`; every SIM must come back CREATED."""
+    for start in range(0, len(iccids), PROVISION_CALL):
+        request = p.ProvisionSimsRequest(
+            account_id=account_id, plan_id=plan_id, iccids=iccids[start : start + PROVISION_CALL]
+        )
+        request.provisioned_at.FromDatetime(provisioned_at)
+        response = await provisioning.ProvisionSims(request, timeout=deadline_s)
+        created = sum(1 for x in response.results if x.status == p.PROVISION_STATUS_CREATED)
+        if created != len(request.iccids):
+            raise VerificationFailed(f"provisioned {created} of {len(request.iccids)} SIMs")
+
+
 async def provision(address: str, workload: Workload) -> None:
     """One plan, one account, every SIM provisioned at PROVISIONED_AT in calls of 10,000."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -63,18 +87,7 @@ async def provision(address: str, workload: Workload) -> None:
             c.PutAccountRequest(account=t.Account(account_id=ACCOUNT_ID, currency="EUR"))
         )
         provisioning = p_grpc.ProvisioningServiceStub(channel)
-        iccids = sim_iccids(workload)
-        for start in range(0, len(iccids), PROVISION_CALL):
-            request = p.ProvisionSimsRequest(
-                account_id=ACCOUNT_ID,
-                plan_id=PLAN.plan_id,
-                iccids=iccids[start : start + PROVISION_CALL],
-            )
-            request.provisioned_at.FromDatetime(PROVISIONED_AT)
-            response = await provisioning.ProvisionSims(request, timeout=120)
-            created = sum(1 for x in response.results if x.status == p.PROVISION_STATUS_CREATED)
-            if created != len(request.iccids):
-                raise VerificationFailed(f"provisioned {created} of {len(request.iccids)} SIMs")
+        await provision_sims(provisioning, ACCOUNT_ID, PLAN.plan_id, sim_iccids(workload))
 
 
 def verify(result: ClientResult, stored: int, workload: Workload) -> None:

@@ -3,10 +3,13 @@
     python -m bench.rss [--sims 1000000] [--database-url URL] [--tree DIR]
 
 Not in the registry (it takes minutes at full size). In a fresh database
-(`simrating_rss_<random>`, dropped at the end) a child `python -m service` (test clock at
-2026-01-20, so 2026-01 is the open period; run from `--tree`, default this checkout):
+(`simrating_rss_<random>`, dropped at the end) a child `python -m service`
+(bench.history.ServiceProcess: test clock at 2026-01-20, so 2026-01 is the open period; run
+from `--tree`, default this checkout; killed if its RSS passes 70% of the memory available
+at the start):
 
-1. `--sims` SIMs in 100 accounts on 2 plans, through ProvisionSims in calls of 10,000;
+1. `--sims` SIMs in 100 accounts on 2 plans (the ingestion benchmark's plan with an SMS
+   rate, one of them pooled), through ProvisionSims in calls of 10,000;
 2. one DATA record for 90% of the SIMs and one SMS record for 10% (RateUsage, 10,000 a
    call): one open SIM-period for 90% of the SIMs;
 3. VmRSS of the child (after a full collection is not possible from outside: the figure
@@ -20,12 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,9 +31,10 @@ from pathlib import Path
 import asyncpg
 import grpc
 
+from bench.history import MIB, REPO, ServiceProcess, running, service_rss_limit
+from bench.ingestion import PLAN, PROVISION_CALL, provision_sims
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
-from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import rating_service_pb2_grpc as r_grpc
@@ -43,88 +42,26 @@ from rating.v1 import types_pb2 as t
 from service.domain.iccid import make_iccid
 
 ACCOUNTS = 100
-CALL = 10_000
+CALL = 10_000  # records per RateUsage
+CLOCK = datetime(2026, 1, 20, tzinfo=UTC)
+LATE_WINDOW_S = 86_400  # the service's default
 PROVISIONED_AT = datetime(2025, 12, 1, tzinfo=UTC)
 EVENT = datetime(2026, 1, 10, tzinfo=UTC)
-REPO = Path(__file__).resolve().parent.parent
 
 
 def plan(plan_id: str, pooled: bool) -> t.Plan:
-    return t.Plan(
-        plan_id=plan_id,
-        currency="EUR",
-        subscription_fee_micros=2_000_000,
-        activation=t.Activation(mode=t.ACTIVATION_MODE_IMMEDIATE),
-        billing_mode=t.BILLING_MODE_ALWAYS,
-        proration=t.PRORATION_DAILY,
-        usage_rates=[
-            t.UsageRate(
-                usage_type=t.USAGE_TYPE_DATA,
-                unit_quantity=1_048_576,
-                rounding_increment=1_024,
-                included_quantity=10_485_760,
-                pooled=pooled,
-                tiers=[t.Tier(up_to_quantity=0, price_micros=100_000)],
-            ),
-            t.UsageRate(
-                usage_type=t.USAGE_TYPE_SMS,
-                unit_quantity=1,
-                rounding_increment=1,
-                included_quantity=10,
-                pooled=pooled,
-                tiers=[t.Tier(up_to_quantity=0, price_micros=50_000)],
-            ),
-        ],
+    """The ingestion benchmark's plan under `plan_id` with an SMS rate (10 included, then
+    0.05 EUR each), every rate `pooled` or not."""
+    result = t.Plan()
+    result.CopyFrom(PLAN)
+    result.plan_id = plan_id
+    sms = result.usage_rates.add(
+        usage_type=t.USAGE_TYPE_SMS, unit_quantity=1, rounding_increment=1, included_quantity=10
     )
-
-
-class Child:
-    """`python -m service` in `tree`, its JSON log read until `serving`."""
-
-    def __init__(self, tree: Path, database_url: str) -> None:
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(tree),
-            "RATING_DATABASE_URL": database_url,
-            "RATING_GRPC_ADDR": "127.0.0.1:0",
-            "RATING_METRICS_ADDR": "",
-            "RATING_LOG_FORMAT": "json",
-            "RATING_CLOCK": "test:2026-01-20T00:00:00Z",
-        }
-        self.tree = tree
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> tuple[int, float]:
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=self.tree,
-            env=self.env,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            event = json.loads(line) if line.startswith("{") else {}
-            if event.get("event") == "serving":
-                seconds = time.perf_counter() - started
-                # Keep reading, or the child blocks on a full pipe.
-                threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-                return int(event["grpc_port"]), seconds
-        raise RuntimeError("the service exited before serving")
-
-    def rss_mib(self) -> float:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(120)
+    sms.tiers.add(up_to_quantity=0, price_micros=50_000)
+    for rate in result.usage_rates:
+        rate.pooled = pooled
+    return result
 
 
 async def fill(port: int, sims: int) -> tuple[str, int]:
@@ -138,14 +75,15 @@ async def fill(port: int, sims: int) -> tuple[str, int]:
             account = t.Account(account_id=f"account-{a:03d}", currency="EUR")
             await catalog.PutAccount(c.PutAccountRequest(account=account))
         provisioning = p_grpc.ProvisioningServiceStub(channel)
-        for k, start in enumerate(range(0, sims, CALL)):
-            request = p.ProvisionSimsRequest(
-                account_id=f"account-{k % ACCOUNTS:03d}",
-                plan_id=("iot-basic", "iot-pool")[k % 2],
-                iccids=iccids[start : start + CALL],
+        for k, start in enumerate(range(0, sims, PROVISION_CALL)):
+            await provision_sims(
+                provisioning,
+                f"account-{k % ACCOUNTS:03d}",
+                ("iot-basic", "iot-pool")[k % 2],
+                iccids[start : start + PROVISION_CALL],
+                PROVISIONED_AT,
+                deadline_s=300,
             )
-            request.provisioned_at.FromDatetime(PROVISIONED_AT)
-            await provisioning.ProvisionSims(request, timeout=300)
         rng = random.Random(2026)
         users = rng.sample(iccids, sims * 9 // 10)
         records = [
@@ -180,36 +118,34 @@ async def main(args: argparse.Namespace) -> None:
     name = f"simrating_rss_{random.randrange(16**8):08x}"
     await admin.execute(f"CREATE DATABASE {name}")
     url = args.database_url.rsplit("/", 1)[0] + "/" + name
-    child = Child(args.tree, url)
+    child = ServiceProcess(url, LATE_WINDOW_S, service_rss_limit(), tree=args.tree)
     try:
-        port, _ = child.start()
-        empty = child.rss_mib()
-        began = time.perf_counter()
-        iccid, quantity = await fill(port, args.sims)
-        print(f"filled {args.sims:,} SIMs in {time.perf_counter() - began:.0f} s", flush=True)
-        filled = child.rss_mib()
-        assert child.stop() == 0
-        port, seconds = child.start()
-        restarted = child.rss_mib()
-        assert await data_usage(port, iccid) == quantity
-        assert child.stop() == 0
+        async with running(child):
+            await child.start(CLOCK)
+            empty = child.memory("VmRSS")
+            began = time.perf_counter()
+            iccid, quantity = await fill(child.port, args.sims)
+            print(f"filled {args.sims:,} SIMs in {time.perf_counter() - began:.0f} s", flush=True)
+            filled = child.memory("VmRSS")
+            await child.stop()
+            seconds = await child.start(CLOCK)
+            restarted = child.memory("VmRSS")
+            assert await data_usage(child.port, iccid) == quantity
+            await child.stop()
         print(
             json.dumps(
                 {
                     "tree": str(args.tree),
                     "sims": args.sims,
                     "sim_periods": args.sims * 9 // 10,
-                    "rss_mib_empty": round(empty, 1),
-                    "rss_mib_filled": round(filled, 1),
+                    "rss_mib_empty": round(empty / MIB, 1),
+                    "rss_mib_filled": round(filled / MIB, 1),
                     "restart_to_serving_s": round(seconds, 2),
-                    "rss_mib_after_restart": round(restarted, 1),
+                    "rss_mib_after_restart": round(restarted / MIB, 1),
                 }
             )
         )
     finally:
-        if child.proc is not None and child.proc.poll() is None:
-            child.proc.kill()
-            child.proc.wait()
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
 
