@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from bench.context import BenchContext, Progress
-from bench.hot import REQUESTED_QUANTITY, HotOptions, _load
+from bench.hot import REQUESTED_QUANTITY, HotOptions, load
 from bench.workload import Workload, service_settings, sim_iccids
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
@@ -130,7 +130,7 @@ async def main(args: argparse.Namespace) -> None:
     options = HotOptions(sims=args.sims, records=args.sims)
     try:
         async with ctx.fresh_database() as url:
-            await _load(ctx, url, options)
+            await load(ctx, url, options)
             await measure(url, args.sims, args.calls, args.rounds)
     finally:
         await ctx.close()

@@ -68,8 +68,8 @@ class HotOptions:
     sims: int = 1_000_000
     records: int = 1_000_000
     # At concurrency 50 (a fifth at concurrency 1). At 20,000 the same-run QPS ratio of
-    # identical code spread ±4% between runs on this 2-core machine; the spread shrinks
-    # with the square root of the calls (docs/performance.md).
+    # identical code ranged from 0.86 to 0.97 between runs on this 2-core machine; more
+    # calls, in more blocks, average out the machine's other work (docs/performance.md).
     calls: int = 100_000
 
 
@@ -295,7 +295,7 @@ def lines_logged(log: TextIO | None) -> Any:
         figures["rpc_lines"] = written.count('"event": "rpc"')
 
 
-async def _load(ctx: BenchContext, url: str, options: HotOptions) -> None:
+async def load(ctx: BenchContext, url: str, options: HotOptions) -> None:
     """SIMs provisioned and usage streamed through the service's own API, then stopped."""
     progress = ctx.progress
     workload = Workload(records=max(1, options.records), sims=options.sims)
@@ -412,7 +412,7 @@ async def hot(ctx: BenchContext) -> list[Figure]:
     rows: list[tuple[str, int, CallsResult, CallsResult]] = []
     try:
         async with ctx.fresh_database() as url:
-            await _load(ctx, url, options)
+            await load(ctx, url, options)
             rows, logged = await _measure(ctx, client, url, options)
     finally:
         client.close()

@@ -134,14 +134,17 @@ class Authenticator:
 
     def authenticate(self, service: str, method: str, metadata: Callable[[], Metadata]) -> Caller:
         """`metadata` gives the call's metadata; it is only asked for when a key is needed."""
-        if service in OPEN_SERVICES or self._by_hash is None:
-            return _ANONYMOUS
+        keyless = self.caller_without_key(service)
+        if keyless is not None:
+            return keyless
+        by_hash = self._by_hash
+        assert by_hash is not None  # without keys, every caller is keyless
         key = _bearer_key(metadata())
         if key is None:
             raise Unauthenticated("missing 'authorization: Bearer <key>' metadata")
         digest = key_hash(key)
         caller = None
-        for known, candidate in self._by_hash.items():  # constant-time comparison per key
+        for known, candidate in by_hash.items():  # constant-time comparison per key
             if hmac.compare_digest(known, digest):
                 caller = candidate
         if caller is None:
