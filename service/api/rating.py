@@ -55,9 +55,10 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
     def GetSimStatus(
         self, request: pb.GetSimStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSimStatusResponse:
-        if not request.iccid:
+        iccid = request.iccid  # each read of a string field builds a new str
+        if not iccid:
             raise InvalidArgument("iccid", "is required")
-        view = sim_view(self._cache, self._clock, request.iccid, self._periods)
+        view = sim_view(self._cache, self._clock, iccid, self._periods)
         response = pb.GetSimStatusResponse()
         convert.fill_sim_status(view, response.status)
         return response
@@ -66,7 +67,7 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
         self, request: pb.AuthorizeSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.AuthorizeSessionResponse:
         usage_type = convert.enum_from_proto(UsageType, request.usage_type, "usage_type")
-        answer = authorize(
+        allowed, deny, state, started, would_start, price, unit, remaining, estimate = authorize(
             self._cache,
             self._clock,
             self._periods,
@@ -74,17 +75,28 @@ class RatingServicer(pb_grpc.RatingServiceServicer):
             usage_type,
             request.requested_quantity,
         )
-        return pb.AuthorizeSessionResponse(
-            allowed=answer.allowed,
-            deny_reason=convert.number(answer.deny_reason),  # type: ignore[arg-type]
-            state=convert.number(answer.state),  # type: ignore[arg-type]
-            billing_started=answer.billing_started,
-            would_start_billing=answer.would_start_billing,
-            price_micros=answer.price_micros,
-            unit_quantity=answer.unit_quantity,
-            remaining_included_quantity=answer.remaining_included_quantity,
-            estimated_charge_micros=answer.estimated_charge_micros,
-        )
+        # Only the fields that differ from their default are written: a protobuf
+        # constructor's keywords are each looked up by name, ~2x the cost per call.
+        response = pb.AuthorizeSessionResponse()
+        if allowed:
+            response.allowed = True
+        else:
+            response.deny_reason = deny._value_  # type: ignore[assignment,union-attr]
+        if state is not None:
+            response.state = state._value_  # type: ignore[assignment]
+        if started:
+            response.billing_started = True
+        if would_start:
+            response.would_start_billing = True
+        if price:
+            response.price_micros = price
+        if unit:
+            response.unit_quantity = unit
+        if remaining:
+            response.remaining_included_quantity = remaining
+        if estimate:
+            response.estimated_charge_micros = estimate
+        return response
 
     async def RateUsage(
         self, request: pb.RateUsageRequest, context: grpc.aio.ServicerContext
