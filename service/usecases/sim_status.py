@@ -36,12 +36,6 @@ def sim_view(
         period_name = periods.name(account, now)
     else:
         period_name = period_containing(now, account.timezone, account.billing_day).name
-    # SimUsage.in_period, written out: one comprehension less on a hot read.
-    period_usage = [
-        (c.usage_type, c.raw_quantity) for c in usage.counters if c.period == period_name
-    ]
-    if len(period_usage) > 1:
-        period_usage.sort(key=_by_usage_type)
     # Positional, in the fields' order (sim, activation_deadline, first_use_progress,
     # current_period, period_usage), through tuple.__new__: keywords, or a NamedTuple's own
     # __new__ (a Python function), cost more at every call.
@@ -53,7 +47,7 @@ def sim_view(
             # lifetime_raw adds up every period the SIM has: only when there is a threshold.
             threshold_progress(plan.thresholds, usage.lifetime_raw) if plan.thresholds else [],
             period_name,
-            period_usage,
+            _by_usage_type([(c.usage_type, c.raw_quantity) for c in usage.in_period(period_name)]),
         ),
     )
 
@@ -61,7 +55,8 @@ def sim_view(
 _new = tuple.__new__
 
 
-def _by_usage_type(pair: tuple[UsageType, int]) -> int:
-    """The sort key of period_usage: the usage types' numbers' order (`_value_`: Enum's
-    `.value` is a slower property)."""
-    return pair[0]._value_  # type: ignore[no-any-return]
+def _by_usage_type(pairs: list[tuple[UsageType, int]]) -> list[tuple[UsageType, int]]:
+    """In the usage types' numbers' order (`_value_`: Enum's `.value` is a slower property)."""
+    if len(pairs) > 1:
+        pairs.sort(key=lambda pair: pair[0]._value_)
+    return pairs
