@@ -4,7 +4,7 @@
 
 Not in the registry (it takes minutes at full size). In a fresh database
 (`simrating_rss_<random>`, dropped at the end) a child `python -m service`
-(bench.history.ServiceProcess: test clock at 2026-01-20, so 2026-01 is the open period; run
+(bench.service_process.ServiceProcess: test clock at 2026-01-20, so 2026-01 is the open period; run
 from `--tree`, default this checkout; killed if its RSS passes 70% of the memory available
 at the start):
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import asyncpg
 import grpc
 
-from bench.history import MIB, REPO, ServiceProcess, running, service_rss_limit
 from bench.ingestion import PLAN, PROVISION_CALL, provision_sims
+from bench.service_process import MIB, REPO, ServiceProcess, running, service_rss_limit
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
 from rating.v1 import provisioning_service_pb2_grpc as p_grpc
