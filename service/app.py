@@ -57,6 +57,7 @@ from service.domain.activation import is_charged
 from service.domain.errors import StorageUnavailable
 from service.domain.model import Sim
 from service.ingestion.engine import UsageEngine
+from service.ingestion.persister import Persister
 from service.ops.clock import Clock, SystemClock, TestClock
 from service.ops.metrics import Metrics
 from service.ops.runtime import loading_heap
@@ -70,7 +71,6 @@ from service.usecases.catalog import Catalog
 from service.usecases.provisioning import Provisioning
 from workers.activation import ActivationWorker
 from workers.checkpoint import CheckpointWorker
-from workers.persister import Persister
 from workers.settlement import SettlementWorker
 
 log = structlog.get_logger("app")

@@ -28,11 +28,11 @@ import asyncpg
 import structlog
 
 from service.domain.errors import StorageUnavailable
+from service.ingestion.persister import Persister
 from service.ops.metrics import Metrics
 from service.state.cache import StateCache
 from service.state.lock import StateLock
 from service.storage import repository
-from workers.persister import Persister
 
 log = structlog.get_logger("checkpoint")
 

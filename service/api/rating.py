@@ -14,8 +14,8 @@ from service.api import convert
 from service.domain.errors import InvalidArgument, Overloaded, ShuttingDown
 from service.domain.model import UsageRecord, UsageType
 from service.ingestion.engine import PeriodLookup
+from service.ingestion.persister import Persister
 from service.ingestion.records import InvalidRecord, RecordResult
-from service.ingestion.sink import UsageSink
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 from service.usecases.session_authorization import authorize
@@ -39,7 +39,7 @@ def _checked_records(
 
 class RatingServicer(pb_grpc.RatingServiceServicer):
     def __init__(
-        self, cache: StateCache, clock: Clock, usage: UsageSink, max_streams: int = 1000
+        self, cache: StateCache, clock: Clock, usage: Persister, max_streams: int = 1000
     ) -> None:
         self._cache = cache
         self._clock = clock
