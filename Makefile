@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml $(PINS)
 	$(BIN)/pip install --quiet -c $(PINS) --build-constraint $(PINS) -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the service with its dev tools, at the pinned versions
+# Other targets install only when pyproject.toml or the pins changed; `make install` always
+# puts .venv back to exactly the pins, whatever was installed into it by hand.
+install:  ## create .venv and install the service with its dev tools, at the pinned versions
+	rm -f $(STAMP)
+	$(MAKE) --no-print-directory $(STAMP)
 
 # A throwaway venv resolves pyproject.toml's ranges afresh, so the pins are the newest versions
 # allowed, with nothing left over from an older resolution.
