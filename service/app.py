@@ -159,17 +159,6 @@ class Application:
         self.engine.on_correction_rejected = self._correction_rejected
         with loading_heap():
             await self._load_cache()
-        catalog = Catalog(self.pool, self.cache, self.clock, state_lock)
-        provisioning = Provisioning(self.pool, self.cache, self.clock, state_lock)
-        self.activation = ActivationWorker(
-            self.pool, self.cache, self.engine, self.clock, self.metrics, state_lock
-        )
-        for sim in self.cache.sims.values():
-            self.activation.track(sim)
-        self.cache.sim_listeners.append(self._track_deadline)
-        self.cache.sim_listeners.append(SimGauges(self.cache, self.metrics).sim_changed)
-        watch_cache_sizes(self.cache, self.metrics)
-        await self.activation.run_once(self.clock.now())  # deadlines passed while stopped
         self.persister = Persister(
             self.pool,
             self.engine,
@@ -180,9 +169,26 @@ class Application:
             max_records_per_commit=self.settings.persist_max_records_per_commit,
             committed_seq=self._committed_seq,
         )
-        # Whoever takes the state lock first counts what the persister committed but has
-        # not counted yet (see StateLock): inside the lock, the cache holds every record.
-        state_lock.set_catch_up(self.persister.count_all_pending)
+        # Every other holder of the state lock counts what the persister committed but has
+        # not counted yet, right after entering (see StateLock).
+        count_committed = self.persister.count_committed
+        catalog = Catalog(self.pool, self.cache, self.clock, state_lock, count_committed)
+        provisioning = Provisioning(self.pool, self.cache, self.clock, state_lock, count_committed)
+        self.activation = ActivationWorker(
+            self.pool,
+            self.cache,
+            self.engine,
+            self.clock,
+            self.metrics,
+            state_lock,
+            count_committed,
+        )
+        for sim in self.cache.sims.values():
+            self.activation.track(sim)
+        self.cache.sim_listeners.append(self._track_deadline)
+        self.cache.sim_listeners.append(SimGauges(self.cache, self.metrics).sim_changed)
+        watch_cache_sizes(self.cache, self.metrics)
+        await self.activation.run_once(self.clock.now())  # deadlines passed while stopped
         self.metrics.persist_queue_capacity.set(self.settings.persist_queue_batches)
         self._persister_task = self.spawn("persister", self.persister.run())
         self.checkpoint = CheckpointWorker(
@@ -198,7 +204,9 @@ class Application:
             self.clock.subscribe(self.activation.run_once)
         else:
             self.spawn("activation", self.activation.run())
-        self.billing = Billing(self.pool, self.cache, self.clock, self.metrics, state_lock)
+        self.billing = Billing(
+            self.pool, self.cache, self.clock, self.metrics, state_lock, count_committed
+        )
         # Settlement after activation: on a test clock every advance runs activations first.
         self.settlement = SettlementWorker(
             self.billing,

@@ -331,8 +331,8 @@ async def test_inside_the_state_lock_the_counters_hold_every_stored_record_under
     app_stubs: tuple[Application, Stubs],
 ) -> None:
     """The persister counts a group while it writes the next one; whoever enters the state
-    lock first counts a group left uncounted, so settlement, provisioning and activation
-    never see a committed record missing from the counters."""
+    lock next counts a group left uncounted (`count_committed`, as settlement, provisioning
+    and activation do), so they never see a committed record missing from the counters."""
     app, stubs = app_stubs
     sims = await account_with_sims(stubs, 20)
 
@@ -347,20 +347,14 @@ async def test_inside_the_state_lock_the_counters_hold_every_stored_record_under
         acks = [ack async for ack in stubs.rating.StreamUsage(iter(requests))]
         assert len(acks) == len(requests)
 
-    # What this test's task found uncounted when it entered (before the lock's catch-up counted it).
+    # What this test's task found uncounted when it entered (before count_committed counted it).
     found: list[int] = []
-    count_pending, test_task = app.state_lock.catch_up, asyncio.current_task()
-
-    def catch_up() -> None:
-        if asyncio.current_task() is test_task:
-            found.append(app.persister.uncounted)
-        count_pending()
-
-    app.state_lock.set_catch_up(catch_up)
     senders = asyncio.gather(*(send(n) for n in range(4)))
     checks = 0
     while not senders.done():
         async with app.state_lock:
+            found.append(app.persister.uncounted)
+            app.persister.count_committed()
             async with app.pool.acquire() as conn:  # no commit can happen while we hold it
                 stored = await conn.fetchval("SELECT coalesce(sum(quantity), 0) FROM usage_records")
             counted = sum(

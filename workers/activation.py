@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -48,6 +49,7 @@ class ActivationWorker:
         clock: Clock,
         metrics: Metrics,
         state_lock: StateLock,
+        count_committed: Callable[[], None],
     ) -> None:
         self._pool = pool
         self._cache = cache
@@ -55,6 +57,7 @@ class ActivationWorker:
         self._clock = clock
         self._metrics = metrics
         self._state_lock = state_lock
+        self._count_committed = count_committed  # see StateLock
         self._heap: list[tuple[datetime, str]] = []
         self._wake = asyncio.Event()
 
@@ -102,6 +105,7 @@ class ActivationWorker:
             return 0
         started = time.perf_counter()
         async with self._state_lock:
+            self._count_committed()
             due: list[Sim] = []
             while self._heap and self._heap[0][0] <= now:
                 deadline, iccid = heapq.heappop(self._heap)

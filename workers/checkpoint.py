@@ -4,7 +4,7 @@ The group commit stores the records, not the counters (docs/storage.md). Countin
 the SIMs whose counters change (`StateCache.dirty`, and `new_starts` for installed
 billing starts). Every `interval_s`, and once more at shutdown, a checkpoint:
 
-1. under the state lock (entering counts every committed group, so the cache holds every
+1. under the state lock, after `Persister.count_committed()` (so the cache holds every
    record with seq <= the persister's `committed_seq`): copies the dirty SIMs' counters
    and takes W = `committed_seq`; clears the marks. Skipped while the persister has
    records in doubt (a commit whose outcome is unknown: they are not counted yet);
@@ -88,6 +88,7 @@ class CheckpointWorker:
         async with self._one_at_a_time:
             started = time.perf_counter()
             async with self._state_lock:
+                self._persister.count_committed()
                 if self._persister.in_doubt:
                     self._metrics.checkpoints.labels("skipped").inc()
                     log.info(

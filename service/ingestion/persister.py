@@ -20,10 +20,10 @@ Pipelining: a committed group is counted while the NEXT group is being written. 
 runs in chunks that yield to the event loop, so it proceeds while PostgreSQL looks up and
 stores the next group, instead of after it. The next group's billing start decisions wait
 for the counting to finish (they depend on the counted records). A group left counted
-only in part when the persister releases the state lock is finished by whoever enters the
-lock next (the lock's catch-up, `count_all_pending`, registered by the wiring), or by the
-persister itself as soon as its queue is empty, so callers never wait for more traffic to
-get their answers.
+only in part when the persister releases the state lock is finished by whoever takes the
+lock next and calls `count_committed()` (the rule of `StateLock`: every other holder
+does, right after entering), or by the persister itself as soon as its queue is empty, so
+callers never wait for more traffic to get their answers.
 
 A commit can also fail after COMMIT was sent (the server stopped or the connection broke
 before its answer arrived; an error the server answers means a rollback): then the group
@@ -196,8 +196,8 @@ class Persister:
             self._queue.put_nowait(None)  # wakes `run` if it waits for a batch
 
     async def _count_pending_now(self) -> None:
-        async with self._state_lock:  # entering counts the pending group (catch-up)
-            pass
+        async with self._state_lock:
+            self.count_committed()
 
     def _take_queued(self, group: list[Submission]) -> None:
         records = sum(len(s.records) for s in group)
@@ -220,7 +220,8 @@ class Persister:
 
     async def _commit(self, group: list[Submission]) -> None:
         started = time.perf_counter()
-        async with self._state_lock.held_without_catch_up():
+        # Without count_committed(): the pending group is counted while this one is written.
+        async with self._state_lock:
             engine, version = self._engine, self._engine.state_version
             checked = [
                 s.checked if s.version == version else engine.check_all(s.records) for s in group
@@ -264,7 +265,7 @@ class Persister:
                 return
             finally:
                 if counting is not None and not counting.done():
-                    counting.cancel()  # what is left is counted by the next one to enter
+                    counting.cancel()  # what is left: the next holder's count_committed()
             assert self._pending is None, "the previous group was counted before plan_starts"
             self._pending = Committed(group, checked, new, counted_closed, repeated, moved, started)
 
@@ -274,8 +275,9 @@ class Persister:
                 return
             await asyncio.sleep(0)  # let the event loop serve PostgreSQL, gRPC and callers
 
-    def count_all_pending(self) -> None:
-        """Count what is left of the pending group now: the state lock's catch-up."""
+    def count_committed(self) -> None:
+        """Count what is left of the committed group now (and answer its callers): called
+        by every holder of the state lock right after entering (see StateLock)."""
         self._count_pending(None)
 
     def _count_pending(self, limit: int | None = None) -> bool:

@@ -18,7 +18,7 @@ period can no longer change, so there is nothing else to preview.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,12 +54,14 @@ class Billing:
         clock: Clock,
         metrics: Metrics,
         state_lock: StateLock,
+        count_committed: Callable[[], None],
     ) -> None:
         self._pool = pool
         self._cache = cache
         self._clock = clock
         self._metrics = metrics
         self._state_lock = state_lock
+        self._count_committed = count_committed  # see StateLock
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class Billing:
             return await self._repeat(account.account_id, period.name)
         started = time.perf_counter()
         async with self._state_lock:
+            self._count_committed()
             if key in self._cache.settled:  # settled while we waited for the lock
                 return await self._repeat(account.account_id, period.name)
             now = self._clock.now()

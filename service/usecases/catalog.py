@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import asyncpg
 
 from service.domain.errors import AlreadyExists, FailedPrecondition
@@ -15,17 +17,24 @@ from service.storage import repository
 
 class Catalog:
     def __init__(
-        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, state_lock: StateLock
+        self,
+        pool: asyncpg.Pool,
+        cache: StateCache,
+        clock: Clock,
+        state_lock: StateLock,
+        count_committed: Callable[[], None],
     ) -> None:
         self._pool = pool
         self._cache = cache
         self._clock = clock
         self._state_lock = state_lock  # orders catalog writes with every other state change
+        self._count_committed = count_committed  # see StateLock
 
     async def put_plan(self, plan: Plan) -> bool:
         """Store a new plan; True if created, False if an identical plan existed."""
         validate_plan(plan)
         async with self._state_lock:
+            self._count_committed()
             existing = self._cache.plans.get(plan.plan_id)
             if existing is None:
                 # Not None only if an earlier call committed but its answer was lost.
@@ -45,6 +54,7 @@ class Catalog:
         """Create or update an account; True if created."""
         validate_account(account, self._cache.plans)
         async with self._state_lock:
+            self._count_committed()
             existing = self._cache.accounts.get(account.account_id)
             if existing is not None and self._cache.account_has_sims(account.account_id):
                 for name in ("currency", "timezone", "billing_day"):

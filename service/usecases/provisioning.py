@@ -20,10 +20,11 @@ from datetime import datetime
 
 import asyncpg
 
+from service.domain.activation import decide_billing_start, started_sim
 from service.domain.errors import FailedPrecondition, InvalidArgument, StorageUnavailable
 from service.domain.iccid import iccid_problem
 from service.domain.limits import CLOCK_SKEW_TOLERANCE
-from service.domain.model import ActivationMode, BillingStartReason, Sim, SimState
+from service.domain.model import Plan, Sim, SimState
 from service.domain.periods import next_period, period_containing
 from service.ops.clock import Clock
 from service.state.cache import StateCache
@@ -50,12 +51,18 @@ class ProvisionResult:
 
 class Provisioning:
     def __init__(
-        self, pool: asyncpg.Pool, cache: StateCache, clock: Clock, state_lock: StateLock
+        self,
+        pool: asyncpg.Pool,
+        cache: StateCache,
+        clock: Clock,
+        state_lock: StateLock,
+        count_committed: Callable[[], None],
     ) -> None:
         self._pool = pool
         self._cache = cache
         self._clock = clock
         self._state_lock = state_lock
+        self._count_committed = count_committed  # see StateLock
         # ICCIDs of provisioning commits whose outcome is unknown (see module doc).
         self._in_doubt: set[str] = set()
 
@@ -85,12 +92,13 @@ class Provisioning:
                 f"plan currency {plan.currency} differs from account currency {account.currency}"
             )
         async with self._state_lock:
+            self._count_committed()
             results: list[ProvisionResult] = []
             new: dict[str, Sim] = {}
             for iccid in iccids:
                 results.append(self._classify(iccid, account_id, plan_id, new))
                 if results[-1].status is ProvisionStatus.CREATED:
-                    new[iccid] = self._new_sim(iccid, account_id, plan.activation_mode, plan_id, at)
+                    new[iccid] = self._new_sim(iccid, account_id, plan, at)
             if new:
                 self._refuse_settled_history(account_id, at, "provisioned_at")
                 stored = await self._insert(list(new.values()))
@@ -154,15 +162,15 @@ class Provisioning:
             f"provisioned to account {existing.account_id!r} on plan {existing.plan_id!r}",
         )
 
-    @staticmethod
-    def _new_sim(
-        iccid: str, account_id: str, mode: ActivationMode, plan_id: str, at: datetime
-    ) -> Sim:
-        if mode is ActivationMode.IMMEDIATE:
-            return Sim(
-                iccid, account_id, plan_id, at, SimState.ACTIVE, at, BillingStartReason.IMMEDIATE
-            )
-        return Sim(iccid, account_id, plan_id, at, SimState.PROVISIONED)
+    def _new_sim(self, iccid: str, account_id: str, plan: Plan, at: datetime) -> Sim:
+        """The SIM as provisioned at `at`, its billing started if it already has: at `at` on
+        an IMMEDIATE plan, at the activation deadline if that has passed (a SIM provisioned
+        back in time). Deciding it here, in the provisioning transaction, makes the answer
+        final at once: left to the activation worker, it would wait for the worker's next
+        run, which a restart runs at start, so the same calls would leave two states."""
+        sim = Sim(iccid, account_id, plan.plan_id, at, SimState.PROVISIONED)
+        decided = decide_billing_start(plan, at, None, self._clock.now())
+        return sim if decided is None else started_sim(sim, *decided)
 
     async def suspend(self, iccid: str) -> Sim:
         def change(sim: Sim) -> Sim:
@@ -218,6 +226,7 @@ class Provisioning:
         if not iccid:
             raise InvalidArgument("iccid", "is required")
         async with self._state_lock:
+            self._count_committed()
             sim = self._cache.sim(iccid)
             changed = change(sim)
             if changed is sim:

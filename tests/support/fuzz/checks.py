@@ -196,7 +196,8 @@ async def check_usage_state(app: Application) -> None:
     what the stored records imply, and memory holds exactly the open periods' part of
     them."""
     assert await app.checkpoint.run_once() is not None
-    async with app.state_lock:  # its catch-up counts what the persister committed last
+    async with app.state_lock:
+        app.persister.count_committed()  # what the persister committed last (see StateLock)
         memory = cache_state(app.cache)
     async with app.pool.acquire() as conn:
         assert await check_checkpoint(conn) == app.persister.committed_seq
