@@ -19,9 +19,7 @@ from typing import TextIO
 
 from bench import registry, report
 from bench.context import BenchContext, Progress
-from bench.hot import HotOptions
 from bench.registry import Figure, VerificationFailed
-from bench.soak import SoakOptions
 from bench.workload import Workload
 from service.ops.logs import configure_logging
 from service.ops.runtime import tune_gc
@@ -29,7 +27,11 @@ from service.ops.runtime import tune_gc
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 
 
-def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None, benchmarks: dict[str, registry.Benchmark]
+) -> argparse.Namespace:
+    """The run's options (the workload most benchmarks share, which to run, where to write),
+    then every benchmark's own (declared in its module)."""
     defaults = Workload()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=defaults.records, help="usage records")
@@ -41,13 +43,10 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=defaults.streams, help="concurrent streams")
     parser.add_argument("--batch", type=int, default=defaults.batch, help="records per batch")
     parser.add_argument(
-        "--copy-batch",
-        type=int,
-        default=20_000,
-        help="rows per COPY in the storage baseline (0: one COPY of everything)",
-    )
-    parser.add_argument(
-        "--only", action="append", choices=names, help="run only this benchmark (repeatable)"
+        "--only",
+        action="append",
+        choices=list(benchmarks),
+        help="run only this benchmark (repeatable)",
     )
     parser.add_argument(
         "--profile",
@@ -55,20 +54,8 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
         help="cProfile this process during each timed window; writes PROFILE.<name>.pstats",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON path")
-    parser.add_argument("--minutes", type=float, default=10.0, help="soak: duration")
-    parser.add_argument("--rate", type=float, help="soak: records/s (default: half the max)")
-    hot = HotOptions()
-    parser.add_argument("--hot-sims", type=int, default=hot.sims, help="hot: SIMs loaded")
-    parser.add_argument(
-        "--hot-records", type=int, default=hot.records, help="hot: usage records loaded"
-    )
-    parser.add_argument("--hot-calls", type=int, default=hot.calls, help="hot: timed calls")
+    registry.add_options(parser, benchmarks.values())
     args = parser.parse_args(argv)
-    for name in ("hot_sims", "hot_calls"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.hot_records < 0:
-        parser.error("--hot-records must be >= 0")
     for name in ("records", "sims", "streams", "batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -77,20 +64,22 @@ def parse_args(argv: list[str] | None, names: list[str]) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace, selected: list[registry.Benchmark], log: TextIO) -> int:
+async def run(
+    args: argparse.Namespace,
+    benchmarks: dict[str, registry.Benchmark],
+    selected: list[registry.Benchmark],
+    log: TextIO,
+) -> int:
     sims = args.sims if args.sims is not None else Workload().sims
     workload = Workload(args.records, sims, args.streams, args.batch)
-    soak = SoakOptions(args.minutes, args.rate)
-    hot = HotOptions(args.hot_sims, args.hot_records, args.hot_calls)
+    options = registry.options_from(args, benchmarks.values())
     ctx = BenchContext(
         workload,
         Progress(),
-        args.copy_batch,
         args.profile,
-        soak=soak,
-        hot=hot,
         service_log=log,
         sims_option=args.sims,
+        options=options,
     )
     ctx.progress.line(f"workload: {asdict(workload)}; benchmarks: {[b.name for b in selected]}")
     figures: list[Figure] = []
@@ -104,8 +93,8 @@ async def run(args: argparse.Namespace, selected: list[registry.Benchmark], log:
     finally:
         await ctx.close()
     print(report.table(figures))
-    options = {"only": args.only, "copy_batch": args.copy_batch, "profile": bool(args.profile)}
-    report.write_json(args.output, figures, workload, options, postgres)
+    chosen = {"only": args.only, "profile": bool(args.profile), **registry.option_values(options)}
+    report.write_json(args.output, figures, workload, chosen, postgres)
     ctx.progress.line(f"results written to {args.output}")
     return 0
 
@@ -113,7 +102,7 @@ async def run(args: argparse.Namespace, selected: list[registry.Benchmark], log:
 def main(argv: list[str] | None = None) -> int:
     tune_gc()  # as `python -m service` does: the service runs in this process
     benchmarks = registry.load()
-    args = parse_args(argv, list(benchmarks))
+    args = parse_args(argv, benchmarks)
     selected = [
         b for name, b in benchmarks.items() if (name in args.only if args.only else b.default)
     ]
@@ -121,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     # the configuration of their first use, so this is set once, before any service runs.
     with tempfile.TemporaryFile("w+", prefix="simrating-bench-log-") as log:
         configure_logging("json", logging.INFO, stream=log)
-        return asyncio.run(run(args, selected, log))
+        return asyncio.run(run(args, benchmarks, selected, log))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from bench.context import BenchContext, Progress
-from bench.hot import REQUESTED_QUANTITY, HotOptions, load
-from bench.workload import Workload, service_settings, sim_iccids
+from bench.hot import HotOptions, load, settings
+from bench.hot_traffic import REQUESTED_QUANTITY
+from bench.workload import Workload, sim_iccids
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.app import Application
@@ -91,7 +92,7 @@ def _timed(handler: Callable[..., Any], requests: list[Any], flush: bytearray | 
 
 
 async def measure(url: str, sims: int, calls: int, rounds: int) -> None:
-    app = Application(service_settings(url), Metrics())
+    app = Application(settings(url), Metrics())
     await app.start()
     try:
         assert app.handlers is not None and app.rating is not None

@@ -19,18 +19,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from bench.workload import Workload
-
-if TYPE_CHECKING:
-    from bench.hot import HotOptions
-    from bench.soak import SoakOptions
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -78,19 +74,26 @@ async def _answers(url: str) -> bool:
     return True
 
 
+OptionsT = TypeVar("OptionsT")
+
+
 @dataclass
 class BenchContext:
     workload: Workload
     progress: Progress
-    copy_batch: int = 20_000  # rows per COPY in the storage baseline; 0: one COPY
     profile_path: Path | None = None
-    soak: SoakOptions | None = None  # only the soak benchmark reads it
     sims_option: int | None = None  # --sims as given (None: each benchmark's full size)
-    hot: HotOptions | None = None  # only the hot benchmark reads it
     service_log: TextIO | None = None  # where the in-process services log (JSON lines)
+    # Each benchmark's options dataclass (bench.registry.option), as the command line set it.
+    options: dict[type, Any] = field(default_factory=dict)
     _server_url: str | None = None
     _embedded: Any = None
     _embedded_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def options_of(self, kind: type[OptionsT]) -> OptionsT:
+        """The options of type `kind` of this run: as given, else the dataclass's defaults."""
+        chosen = self.options.get(kind)
+        return chosen if chosen is not None else kind()
 
     @property
     def has_server(self) -> bool:

@@ -49,7 +49,7 @@ from bench.context import BenchContext
 from bench.ingestion import PLAN, provision_sims
 from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
 from bench.service_process import MIB, Measured, ServiceProcess, running, service_rss_limit
-from bench.storage import timed_copy
+from bench.storage import CopyOptions, timed_copy
 from bench.workload import (
     MAX_QUANTITY,
     USAGE_TYPE_DATA,
@@ -569,7 +569,9 @@ async def stored_ingestion(ctx: BenchContext, sims: int, rss_limit: int) -> list
             f" {traffic.records} and {stored_rows + traffic.records}"
         )
     with progress.phase(f"history: build {traffic.records:,} rows for COPY"):
-        chunks = traffic_rows(workload, traffic, ctx.copy_batch or traffic.records)
+        chunks = traffic_rows(
+            workload, traffic, ctx.options_of(CopyOptions).batch or traffic.records
+        )
     seconds, copied, cpu = await timed_copy(ctx, "history copy", chunks)
     if copied != traffic.records:
         raise VerificationFailed(f"history copy: {copied} rows, expected {traffic.records}")

@@ -1,28 +1,34 @@
 """Session-start calls against the transport limit: AuthorizeSession and GetSimStatus.
 
 In this process: a fresh database and the real service (`Application`, test clock at
-`CLOCK_START`), `--hot-sims` SIMs provisioned through ProvisionSims (calls of 10,000) and
-`--hot-records` usage records streamed over them (January's, the month before the
-clock: the SIMs carry counters, and the heap holds what a loaded service holds). Then the
-service is restarted on the same database: the timed calls are answered by a service
-whose cache was loaded from PostgreSQL, as in production after a deploy.
+`hot_traffic.CLOCK`, 2026-01-29), `--hot-sims` SIMs in accounts of 1,000 on two plans (a
+per-SIM allowance and a pooled one, `bench/hot_traffic.py`) provisioned through
+ProvisionSims, and `--hot-records` usage records (DATA and SMS of 2026-01-01..28) streamed
+over random SIMs: January is the **open** period, so every call finds the SIM's counters
+(or its pool's) and answers with a real allowance position, tier price and estimate, and
+the heap holds what a loaded service holds. Then the service is restarted on the same
+database: the timed calls are answered by a service whose cache was loaded from
+PostgreSQL, as in production after a deploy.
 
 Beside it, in the same process, a no-op `grpc.aio` server (no interceptor, no cache) whose
-AuthorizeSession and GetSimStatus parse the request and answer a response of exactly the
-size the service gives (one real response, taken before the timer): what gRPC and
-protobuf alone cost for the same messages in one Python process.
+AuthorizeSession and GetSimStatus parse the request and answer a response of the size the
+service gives for a SIM with usage (one real response, taken before the timer): what gRPC
+and protobuf alone cost for the same messages in one Python process.
 
 In a child process (like bench.client): `--hot-calls` requests per method over random
 SIMs (fixed seed), built and serialized before any timer (at concurrency 1 the first
 fifth of them); sent as raw bytes by `concurrency` coroutines on one channel per server;
-each call timed from handing it to gRPC to its answer. Responses are parsed and checked
-after the timer. For each method and concurrency the client holds a channel to each
-server, makes `WARMUP` untimed calls on each, then sends the calls in blocks of `BLOCK`,
-each block to both servers in turn (the order swapped every block): the machine is
-shared, and a burst of other work then falls on both sides alike. Per side, QPS = calls /
-the summed seconds of its blocks; the percentiles are over all its calls. Figures: QPS,
-p50 and p99 in ms; `vs baseline` compares each service figure with the no-op figure of
-the same run.
+each call timed from handing it to gRPC to its answer. For each method and concurrency the
+client holds a channel to each server, makes `WARMUP` untimed calls on each, then sends
+the calls in blocks of `BLOCK`, each block to both servers in turn (the order swapped
+every block): the machine is shared, and a burst of other work then falls on both sides
+alike. Per side, QPS = calls / the summed seconds of its blocks; the percentiles are over
+all its calls. Figures: QPS, p50 and p99 in ms; `vs baseline` compares each service
+figure with the no-op figure of the same run.
+
+After the timer every answer of the service is compared, field by field (protobuf message
+equality), with the answer `hot_traffic.Expected` computed in the child from the records
+it sent: one wrong answer fails the benchmark. The no-op's answers are only parsed.
 """
 
 from __future__ import annotations
@@ -34,22 +40,29 @@ import multiprocessing
 import random
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
 import grpc
 
+from bench import hot_traffic
 from bench.client import StreamClient, close_child, receive
 from bench.context import BenchContext
-from bench.ingestion import provision
-from bench.registry import Figure, VerificationFailed, benchmark
+from bench.hot_traffic import REQUESTED_QUANTITY, Expected
+from bench.ingestion import provision_sims
+from bench.registry import Figure, VerificationFailed, benchmark, option
 from bench.workload import Workload, service_settings, sim_iccids
+from rating.v1 import catalog_service_pb2 as c
+from rating.v1 import catalog_service_pb2_grpc as c_grpc
+from rating.v1 import provisioning_service_pb2_grpc as p_grpc
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import rating_service_pb2_grpc as r_grpc
 from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.ops.metrics import Metrics
+from service.ops.settings import Settings
 
 METHODS = ("AuthorizeSession", "GetSimStatus")
 CONCURRENCIES = (1, 50)
@@ -57,40 +70,65 @@ WARMUP = 500  # untimed calls to each server before the timed blocks
 BLOCK = 1_000  # calls per block; each block is sent to both servers in turn
 # At concurrency 1 a call takes ~4x the time it takes at 50: a fifth of the calls there.
 CALLS_AT_1 = 5
-REQUESTED_QUANTITY = 1_048_576
 SEED = 12
 CALLS_UNIT = "calls/s"
 MS = "ms"
+PROBLEMS_SHOWN = 5
 
 
 @dataclass(frozen=True, slots=True)
 class HotOptions:
-    sims: int = 1_000_000
-    records: int = 1_000_000
+    sims: int = field(default=1_000_000, metadata=option("--hot-sims", "SIMs loaded", minimum=1))
+    records: int = field(
+        default=1_000_000,
+        metadata=option("--hot-records", "usage records loaded", minimum=0),
+    )
     # At concurrency 50 (a fifth at concurrency 1). At 20,000 the same-run QPS ratio of
     # identical code ranged from 0.86 to 0.97 between runs on this 2-core machine; more
     # calls, in more blocks, average out the machine's other work (docs/performance.md).
-    calls: int = 100_000
+    calls: int = field(
+        default=100_000,
+        metadata=option("--hot-calls", "timed calls per method at concurrency 50", minimum=1),
+    )
+
+
+def settings(url: str) -> Settings:
+    """The service of this benchmark: the test clock inside the open period."""
+    return service_settings(url, clock_start=hot_traffic.CLOCK)
 
 
 def _path(method: str) -> str:
     return f"/rating.v1.RatingService/{method}"
 
 
-def build_requests(sims: int, calls: int, seed: int) -> dict[str, list[bytes]]:
-    """Per method, `calls` serialized requests over random SIMs (deterministic)."""
-    iccids = sim_iccids(Workload(records=1, sims=sims))
-    rng = random.Random(seed)
-    picks = [iccids[rng.randrange(sims)] for _ in range(calls)]
-    return {
-        "AuthorizeSession": [
-            r.AuthorizeSessionRequest(
-                iccid=iccid, usage_type=t.USAGE_TYPE_DATA, requested_quantity=REQUESTED_QUANTITY
-            ).SerializeToString()
-            for iccid in picks
-        ],
-        "GetSimStatus": [r.GetSimStatusRequest(iccid=iccid).SerializeToString() for iccid in picks],
-    }
+@dataclass(frozen=True, slots=True)
+class Requests:
+    """`calls` random SIMs (indexes) and, per method, their serialized requests."""
+
+    sims: list[int]
+    by_method: dict[str, list[bytes]]
+
+    @classmethod
+    def build(cls, sims: int, calls: int, seed: int) -> Requests:
+        iccids = sim_iccids(Workload(records=1, sims=sims))
+        rng = random.Random(seed)
+        picks = [rng.randrange(sims) for _ in range(calls)]
+        return cls(
+            picks,
+            {
+                "AuthorizeSession": [
+                    r.AuthorizeSessionRequest(
+                        iccid=iccids[sim],
+                        usage_type=t.USAGE_TYPE_DATA,
+                        requested_quantity=REQUESTED_QUANTITY,
+                    ).SerializeToString()
+                    for sim in picks
+                ],
+                "GetSimStatus": [
+                    r.GetSimStatusRequest(iccid=iccids[sim]).SerializeToString() for sim in picks
+                ],
+            },
+        )
 
 
 # --- the no-op server ---------------------------------------------------------------------
@@ -125,6 +163,9 @@ class CallsResult:
     seconds: float
     latencies_ns: list[int]  # sorted
     problems: list[str] = field(default_factory=list)
+    # The service side only: its answers by kind (with an estimate, inside the allowance,
+    # ...), all of them equal to the expected ones, or `problems` says which were not.
+    answers: dict[str, int] = field(default_factory=dict)
     gc: dict[str, Any] = field(default_factory=dict)  # this process's, during both sides
     # The service side only: its own time per call, as its grpc_server_handling_seconds
     # counted it (the wrapper and handler, inside the server), in µs.
@@ -155,11 +196,11 @@ class CallsResult:
 class HotClient:
     """Parent side: start the child (it builds its requests), then `run(...)` per phase."""
 
-    def __init__(self, sims: int, calls: int) -> None:
+    def __init__(self, options: HotOptions) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(
-            target=_child_main, args=(child_conn, sims, calls), name="bench-hot", daemon=True
+            target=_child_main, args=(child_conn, options), name="bench-hot", daemon=True
         )
         self._process.start()
         child_conn.close()
@@ -183,11 +224,12 @@ class HotClient:
         close_child(self._conn, self._process, ("stop",))
 
 
-def _child_main(conn: Connection, sims: int, calls: int) -> None:
+def _child_main(conn: Connection, options: HotOptions) -> None:
     try:
         started = time.perf_counter()
-        requests = build_requests(sims, calls, SEED)
-        warmup = build_requests(sims, WARMUP, SEED + 1)
+        requests = Requests.build(options.sims, options.calls, SEED)
+        warmup = Requests.build(options.sims, WARMUP, SEED + 1)
+        expected = Expected.of(options.sims, options.records)
         conn.send(("ready", {"build_seconds": round(time.perf_counter() - started, 2)}))
         while True:
             message = conn.recv()
@@ -195,7 +237,7 @@ def _child_main(conn: Connection, sims: int, calls: int) -> None:
                 return
             _go, address, noop_address, method, concurrency = message
             service, noop = asyncio.run(
-                _drive(address, noop_address, method, concurrency, requests[method], warmup[method])
+                _drive(address, noop_address, method, concurrency, requests, warmup, expected)
             )
             conn.send(("done", (asdict(service), asdict(noop))))
     except BaseException:
@@ -209,12 +251,16 @@ async def _drive(
     noop_address: str,
     method: str,
     concurrency: int,
-    requests: list[bytes],
-    warmup: list[bytes],
+    sent: Requests,
+    warmup_requests: Requests,
+    expected: Expected,
 ) -> tuple[CallsResult, CallsResult]:
     """Both servers on their own channel; after WARMUP calls on each, the calls in blocks
     of BLOCK, each block sent to one server then the other (the order swapped every block),
-    so a burst of the machine's other work falls on both sides alike."""
+    so a burst of the machine's other work falls on both sides alike. After the timer the
+    service's answers are checked against `expected`."""
+    requests = sent.by_method[method]
+    warmup = warmup_requests.by_method[method]
     channels = [grpc.aio.insecure_channel(a) for a in (address, noop_address)]
     try:
         for channel in channels:
@@ -255,34 +301,61 @@ async def _drive(
     finally:
         for channel in channels:
             await channel.close()
-    return tuple(  # type: ignore[return-value]
-        CallsResult(
-            calls=len(requests),
-            seconds=seconds[side],
-            latencies_ns=sorted(latencies[side]),
-            problems=_check(method, requests, answers[side], check=side == 0),
-        )
-        for side in (0, 1)
+    service = CallsResult(len(requests), seconds[0], sorted(latencies[0]))
+    service.problems, service.answers = check(method, sent.sims, answers[0], expected)
+    noop = CallsResult(len(requests), seconds[1], sorted(latencies[1]))
+    noop.problems = _parses(method, answers[1])
+    return service, noop
+
+
+def check(
+    method: str, sims: list[int], answers: list[bytes], expected: Expected
+) -> tuple[list[str], dict[str, int]]:
+    """Every answer against the expected one for its SIM (whole-message equality): the
+    first PROBLEMS_SHOWN differences and how many answers differ, and the answers counted
+    by kind (`hot_traffic.describe`)."""
+    parse = (
+        r.AuthorizeSessionResponse.FromString
+        if method == "AuthorizeSession"
+        else r.GetSimStatusResponse.FromString
     )
-
-
-def _check(method: str, requests: list[bytes], answers: list[bytes], check: bool) -> list[str]:
-    """After the timer: every answer parses; with `check`, every SIM is allowed (and
-    ACTIVE) or its status is its own."""
+    build = expected.authorization if method == "AuthorizeSession" else expected.status
+    wanted: dict[int, Any] = {}
     problems: list[str] = []
-    for raw_request, raw in zip(requests, answers, strict=True):
-        if method == "AuthorizeSession":
-            answer = r.AuthorizeSessionResponse.FromString(raw)
-            if check and (not answer.allowed or answer.state != t.SIM_STATE_ACTIVE):
-                problems.append(f"AuthorizeSession: {answer}")
-        else:
-            iccid = r.GetSimStatusRequest.FromString(raw_request).iccid
-            status = r.GetSimStatusResponse.FromString(raw).status
-            if check and status.iccid != iccid:
-                problems.append(f"GetSimStatus {iccid}: {status.iccid!r}")
-        if len(problems) >= 5:
-            break
-    return problems
+    wrong = 0
+    kinds: Counter[str] = Counter()
+    for sim, raw in zip(sims, answers, strict=False):
+        answer = parse(raw)
+        want = wanted.get(sim)
+        if want is None:
+            want = wanted[sim] = build(sim)
+        if answer != want:
+            wrong += 1
+            if len(problems) < PROBLEMS_SHOWN:
+                problems.append(
+                    f"{method} for SIM {expected.iccids[sim]}: answered {{{_line(answer)}}},"
+                    f" expected {{{_line(want)}}}"
+                )
+        kinds.update(hot_traffic.describe(method, answer))
+    if wrong:
+        problems.append(f"{wrong} of {len(answers)} {method} answers differ from the expected")
+    return problems, {"checked": len(answers), **kinds}
+
+
+def _line(message: Any) -> str:
+    return " ".join(str(message).split())
+
+
+def _parses(method: str, answers: list[bytes]) -> list[str]:
+    """The no-op's answers: each parses (they are its one fixed response)."""
+    parse = (
+        r.AuthorizeSessionResponse.FromString
+        if method == "AuthorizeSession"
+        else r.GetSimStatusResponse.FromString
+    )
+    for raw in answers:
+        parse(raw)
+    return []
 
 
 # --- the benchmark ------------------------------------------------------------------------
@@ -303,18 +376,39 @@ def lines_logged(log: TextIO | None) -> Any:
         figures["rpc_lines"] = written.count('"event": "rpc"')
 
 
+async def provision(address: str, sims: int) -> None:
+    """Both plans; per account the account and its SIMs, provisioned at PROVISIONED_AT."""
+    iccids = sim_iccids(Workload(records=1, sims=sims))
+    async with grpc.aio.insecure_channel(address) as channel:
+        catalog = c_grpc.CatalogServiceStub(channel)
+        provisioning = p_grpc.ProvisioningServiceStub(channel)
+        for plan in (hot_traffic.PER_SIM_PLAN, hot_traffic.POOLED_PLAN):
+            await catalog.PutPlan(c.PutPlanRequest(plan=plan))
+        for n in range(hot_traffic.accounts(sims)):
+            account = hot_traffic.account_proto(n)
+            await catalog.PutAccount(c.PutAccountRequest(account=account))
+            members = hot_traffic.sims_of(n, sims)
+            await provision_sims(
+                provisioning,
+                account.account_id,
+                hot_traffic.plan_of(n).plan_id,
+                iccids[members.start : members.stop],
+                hot_traffic.PROVISIONED_AT,
+            )
+
+
 async def load(ctx: BenchContext, url: str, options: HotOptions) -> None:
     """SIMs provisioned and usage streamed through the service's own API, then stopped."""
     progress = ctx.progress
     workload = Workload(records=max(1, options.records), sims=options.sims)
-    app = Application(service_settings(url), Metrics())
+    app = Application(settings(url), Metrics())
     with progress.phase("hot: start service (empty)"):
         await app.start()
-    usage = StreamClient(workload) if options.records else None
+    usage = StreamClient(workload, hot_traffic.serialized_requests) if options.records else None
     try:
         address = f"127.0.0.1:{app.port}"
         with progress.phase(f"hot: provision {options.sims:,} SIMs"):
-            await provision(address, workload)
+            await provision(address, options.sims)
         if usage is not None:
             await usage.ready()
             with progress.phase(f"hot: stream {options.records:,} usage records"):
@@ -353,6 +447,7 @@ def _figures(
         "gc": service.gc,
         "server_us": round(service.server_us or 0, 1),
         "added_us": round(service.added_us(noop), 1),
+        "answers_as_expected": service.answers,
     }
     return [
         Figure(
@@ -418,11 +513,15 @@ def markdown(rows: list[tuple[str, int, CallsResult, CallsResult]]) -> str:
     return "\n".join(lines)
 
 
-@benchmark("hot", "AuthorizeSession and GetSimStatus at concurrency 1 and 50 beside a no-op server")
+@benchmark(
+    "hot",
+    "AuthorizeSession and GetSimStatus at concurrency 1 and 50 beside a no-op server",
+    options=HotOptions,
+)
 async def hot(ctx: BenchContext) -> list[Figure]:
-    options = ctx.hot or HotOptions()
+    options = ctx.options_of(HotOptions)
     progress = ctx.progress
-    client = HotClient(options.sims, options.calls)
+    client = HotClient(options)
     rows: list[tuple[str, int, CallsResult, CallsResult]] = []
     try:
         async with ctx.fresh_database() as url:
@@ -443,13 +542,16 @@ async def _measure(
 ) -> tuple[list[tuple[str, int, CallsResult, CallsResult]], dict[str, int]]:
     progress = ctx.progress
     rows: list[tuple[str, int, CallsResult, CallsResult]] = []
-    app = Application(service_settings(url), Metrics())
+    app = Application(settings(url), Metrics())
     with progress.phase(f"hot: restart the service ({options.sims:,} SIMs loaded)"):
         await app.start()
     noop_server = grpc.aio.server()
     try:
         address = f"127.0.0.1:{app.port}"
-        authorize, status = await _samples(address, sim_iccids(Workload(sims=1))[0])
+        # A SIM with usage (the first record's, if any): the no-op answers its responses.
+        first = next(hot_traffic.records(options.sims, min(1, options.records)), None)
+        iccids = sim_iccids(Workload(records=1, sims=options.sims))
+        authorize, status = await _samples(address, iccids[first.sim if first else 0])
         r_grpc.add_RatingServiceServicer_to_server(
             NoOpSessionServicer(authorize, status),  # type: ignore[abstract]
             noop_server,
@@ -478,14 +580,17 @@ async def _measure(
                         service.server_us = (counts.seconds_sum - seconds) / calls * 1e6
                     for result in (service, noop):
                         if result.problems:
-                            raise VerificationFailed(f"hot {method}: {result.problems}")
+                            raise VerificationFailed(
+                                f"hot {method} c={concurrency}: " + "; ".join(result.problems)
+                            )
                     rows.append((method, concurrency, service, noop))
                     service.gc = collections
                     progress.line(
                         f"hot: {method} c={concurrency}: {service.qps:,.0f} QPS"
                         f" (no-op {noop.qps:,.0f}), p99 {service.p99_ms:.2f} ms"
                         f" (no-op {noop.p99_ms:.2f}); {service.server_us:.1f} µs in the server,"
-                        f" {service.added_us(noop):.1f} µs added; gc seconds {collections}"
+                        f" {service.added_us(noop):.1f} µs added; gc seconds {collections};"
+                        f" answers as expected: {service.answers}"
                     )
     finally:
         await noop_server.stop(1)

@@ -1,16 +1,25 @@
-"""The registry of named benchmarks and the figures they report.
+"""The registry of named benchmarks, their options, and the figures they report.
 
 A benchmark is an async function taking the run's `BenchContext` and returning its
 figures; `@benchmark("name", "what it measures")` registers it under the name that
 `--only` selects. Benchmarks run in registration order: the modules in `MODULES` are
 imported in that order. To add one (activation throughput, settlement time, ...), write
 a module with a decorated function and append the module to `MODULES`.
+
+A benchmark with options of its own declares them in its module, as a frozen dataclass
+whose fields carry `option(...)` metadata, passed as `@benchmark(..., options=TheClass)`:
+`python -m bench` adds each such field as a command-line flag, and the benchmark reads
+the values with `ctx.options_of(TheClass)` (the defaults when run another way).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib
-from collections.abc import Awaitable, Callable
+import types
+import typing
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +38,7 @@ MODULES = (
     "bench.hot",
     "bench.soak",
     "bench.history",
+    "bench.hotpath",
 )
 
 # Unit of the figures the report compares with the baselines below.
@@ -66,24 +76,122 @@ class Benchmark:
     description: str
     run: BenchmarkFn
     default: bool = True  # False: runs only when named with --only (e.g. the soak)
+    options: type[Any] | None = None  # its options dataclass (fields with `option(...)`)
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def benchmark(
-    name: str, description: str, *, default: bool = True
+    name: str, description: str, *, default: bool = True, options: type[Any] | None = None
 ) -> Callable[[BenchmarkFn], BenchmarkFn]:
     """Register the decorated function as the benchmark `name`; with default=False it runs
-    only when selected with --only."""
+    only when selected with --only; `options` is its options dataclass, if it has one."""
 
     def register(run: BenchmarkFn) -> BenchmarkFn:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} registered twice")
-        BENCHMARKS[name] = Benchmark(name, description, run, default)
+        BENCHMARKS[name] = Benchmark(name, description, run, default, options)
         return run
 
     return register
+
+
+# --- options --------------------------------------------------------------------------------
+
+_OPTION = "bench_option"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    flag: str  # e.g. "--hot-sims"
+    help: str
+    minimum: float | None = None  # smallest value accepted
+    above: bool = False  # True: the value must be strictly above `minimum`
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def option(
+    flag: str, help: str, *, minimum: float | None = None, above: bool = False
+) -> dict[str, Option]:
+    """Field metadata making a field of a benchmark's options dataclass the command-line
+    option `flag`: `field(default=..., metadata=option("--hot-sims", "SIMs loaded", minimum=1))`.
+    """
+    return {_OPTION: Option(flag, help, minimum, above)}
+
+
+def _parser_type(kind: Any, spec: Option) -> Callable[[str], Any]:
+    """The argparse `type` of a field annotated `kind` (int, float, Path, `X | None`)."""
+    if isinstance(kind, types.UnionType):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a valid {kind.__name__}: {text!r}") from None
+        if spec.minimum is not None and (
+            value <= spec.minimum if spec.above else value < spec.minimum
+        ):
+            relation = ">" if spec.above else ">="
+            raise argparse.ArgumentTypeError(f"must be {relation} {spec.minimum:g}")
+        return value
+
+    return convert
+
+
+def _option_fields(kind: type[Any]) -> list[tuple[dataclasses.Field[Any], Option, Any]]:
+    hints = typing.get_type_hints(kind)
+    return [
+        (f, f.metadata[_OPTION], hints[f.name])
+        for f in dataclasses.fields(kind)
+        if _OPTION in f.metadata
+    ]
+
+
+def add_options(parser: argparse.ArgumentParser, benchmarks: Iterable[Benchmark]) -> None:
+    """Every registered benchmark's options as flags, one argument group per benchmark."""
+    seen: set[type[Any]] = set()
+    for bench in benchmarks:
+        if bench.options is None or bench.options in seen:
+            continue
+        seen.add(bench.options)
+        group = parser.add_argument_group(f"{bench.name} options")
+        for f, spec, kind in _option_fields(bench.options):
+            group.add_argument(
+                spec.flag,
+                dest=spec.dest,
+                type=_parser_type(kind, spec),
+                default=f.default,
+                help=spec.help if f.default is None else f"{spec.help} (default: {f.default})",
+            )
+
+
+def options_from(args: argparse.Namespace, benchmarks: Iterable[Benchmark]) -> dict[type, Any]:
+    """Each benchmark's options dataclass, built from the parsed flags."""
+    built: dict[type, Any] = {}
+    for bench in benchmarks:
+        if bench.options is not None and bench.options not in built:
+            values = {
+                f.name: getattr(args, spec.dest) for f, spec, _ in _option_fields(bench.options)
+            }
+            built[bench.options] = bench.options(**values)
+    return built
+
+
+def option_values(options: dict[type, Any]) -> dict[str, Any]:
+    """The options as results.json records them: by flag name (`copy_batch`), JSON values."""
+    values: dict[str, Any] = {}
+    for kind, chosen in options.items():
+        for f, spec, _ in _option_fields(kind):
+            value = getattr(chosen, f.name)
+            values[spec.dest] = (
+                value if value is None or isinstance(value, int | float) else str(value)
+            )
+    return values
 
 
 def load() -> dict[str, Benchmark]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -49,7 +50,15 @@ from bench import report
 from bench.client import close_child, receive
 from bench.context import BenchContext, Progress
 from bench.ingestion import provision
-from bench.registry import Figure, VerificationFailed, benchmark
+from bench.registry import (
+    BENCHMARKS,
+    Figure,
+    VerificationFailed,
+    add_options,
+    benchmark,
+    option,
+    options_from,
+)
 from bench.workload import (
     CLOCK_START,
     PROVISIONED_AT,
@@ -79,8 +88,14 @@ _SPAN = int((CLOCK_START - PROVISIONED_AT).total_seconds()) - 60
 
 @dataclass(frozen=True, slots=True)
 class SoakOptions:
-    minutes: float = 10.0
-    rate: float | None = None  # records/s; None: half the maximum a burst measures
+    minutes: float = field(
+        default=10.0, metadata=option("--minutes", "duration", minimum=0, above=True)
+    )
+    # records/s; None: half the maximum a burst measures
+    rate: float | None = field(
+        default=None,
+        metadata=option("--rate", "records/s (default: half the max)", minimum=0, above=True),
+    )
     output: Path = DEFAULT_OUTPUT
 
 
@@ -322,10 +337,13 @@ async def soak_run(ctx: BenchContext, options: SoakOptions) -> dict[str, Any]:
 
 
 @benchmark(
-    "soak", "StreamUsage at half the max rate for minutes: RSS and ack latency", default=False
+    "soak",
+    "StreamUsage at half the max rate for minutes: RSS and ack latency",
+    default=False,
+    options=SoakOptions,
 )
 async def soak(ctx: BenchContext) -> list[Figure]:
-    options = ctx.soak or SoakOptions()
+    options = ctx.options_of(SoakOptions)
     document = await soak_run(ctx, options)
     print(table(document["per_minute"]))
     options.output.write_text(json.dumps(document, indent=2) + "\n")
@@ -344,16 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--minutes", type=float, default=10.0, help="soak duration")
-    parser.add_argument("--rate", type=float, help="records/s (default: half the burst maximum)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="soak JSON path")
+    add_options(parser, [BENCHMARKS["soak"]])
     args = parser.parse_args(argv)
-    if args.minutes <= 0 or (args.rate is not None and args.rate <= 0):
-        parser.error("--minutes and --rate must be > 0")
     configure_logging("console", level=logging.WARNING)
     tune_gc()  # as `python -m service` does: the service runs in this process
-    options = SoakOptions(args.minutes, args.rate, args.output)
-    ctx = BenchContext(Workload(), Progress(), soak=options)
+    chosen = options_from(args, [BENCHMARKS["soak"]])[SoakOptions]
+    options = dataclasses.replace(chosen, output=args.output)
+    ctx = BenchContext(Workload(), Progress(), options={SoakOptions: options})
 
     async def run() -> dict[str, Any]:
         try:

@@ -15,17 +15,27 @@ every row.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from bench.context import BenchContext
-from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark
+from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmark, option
 from bench.workload import UsageRow, usage_rows
 from service.storage import database
 from service.storage.partitions import create_partitions
 from service.storage.repository import USAGE_COLUMNS
 
 TABLE = "usage_records"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    # The persister's largest group commit; the history benchmark's COPY uses it too.
+    batch: int = field(
+        default=20_000,
+        metadata=option("--copy-batch", "rows per COPY (0: one COPY of everything)", minimum=0),
+    )
 
 
 async def timed_copy(
@@ -56,11 +66,15 @@ async def timed_copy(
     return seconds, stored, cpu
 
 
-@benchmark("copy", "baseline B: asyncpg COPY of the same rows into the service's usage_records")
+@benchmark(
+    "copy",
+    "baseline B: asyncpg COPY of the same rows into the service's usage_records",
+    options=CopyOptions,
+)
 async def copy(ctx: BenchContext) -> list[Figure]:
     workload = ctx.workload
     progress = ctx.progress
-    chunk = ctx.copy_batch or workload.records
+    chunk = ctx.options_of(CopyOptions).batch or workload.records
     with progress.phase(f"copy: build {workload.records:,} rows"):
         chunks = usage_rows(workload, chunk)
     seconds, stored, cpu = await timed_copy(ctx, "copy", chunks)
