@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -21,13 +20,9 @@ from service.ops.metrics import Metrics
 from service.ops.settings import Settings
 from service.storage import database
 from tests.support import T0, Stubs
+from tests.support.postgres import create_database, with_database
 
 RUN_ID = uuid.uuid4().hex[:8]
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +55,7 @@ async def template_db(server_url: str) -> AsyncIterator[str]:
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         created.append(name)
-        conn = await asyncpg.connect(_with_database(server_url, name))
+        conn = await asyncpg.connect(with_database(server_url, name))
         try:
             await database.migrate(conn)
         finally:
@@ -76,13 +71,9 @@ async def template_db(server_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def database_url(server_url: str, template_db: str) -> str:
-    name = f"simrating_{RUN_ID}_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    return _with_database(server_url, name)
+    return await create_database(
+        server_url, template_db, f"simrating_{RUN_ID}_{uuid.uuid4().hex[:12]}"
+    )
 
 
 def test_settings(database_url: str, **overrides: Any) -> Settings:

@@ -124,6 +124,24 @@ async def test_grace_expiry_starts_billing_exactly_at_the_deadline(
     assert after.charged and not after.started_billing
 
 
+async def test_provisioned_after_its_deadline_bills_from_the_deadline_at_once(
+    start_app: AppFactory,
+) -> None:
+    """Provisioned back in time, past its grace period: billing has started at the deadline
+    in the provisioning answer's wake, not at the activation worker's next run (which a
+    restart would run at start: the same calls would then leave two states)."""
+    app, stubs = await start_app(clock_start=DEADLINE + timedelta(days=2))
+    [sim] = await account_with_sims(stubs, 1, plan=first_use_plan("FU"), provisioned_at=T0)
+    got = await status(stubs, sim)
+    assert got.state == t.SIM_STATE_ACTIVE
+    assert got.billing_start_reason == t.BILLING_START_REASON_GRACE_EXPIRED
+    assert got.billing_started_at.ToDatetime() == naive(DEADLINE)
+    assert app.metrics.registry.get_sample_value("rating_activation_pending") == 0
+    await app.stop()
+    _, stubs = await start_app(clock_start=DEADLINE + timedelta(days=2))
+    assert await status(stubs, sim) == got
+
+
 async def test_record_exactly_at_the_deadline(stubs: Stubs) -> None:
     [sim] = await fu_sims(stubs)
     await advance(stubs, DEADLINE)

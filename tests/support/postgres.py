@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import asyncpg
+
 # Run in a child interpreter: as root, pgserver runs pg_ctl with subprocess.run(user=...),
 # which must fork(); forking this process, full of gRPC threads, crashed pg_ctl (SIGSEGV).
 # A child without gRPC forks safely, and starting the child itself uses vfork.
@@ -147,3 +149,29 @@ class CommitAnswerLost:
             task.cancel()
         client_w.close()
         server_w.close()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` naming database `name` instead (host, port, user and query kept)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def create_database(server_url: str, template: str, name: str) -> str:
+    """A new database `name` cloned from `template` on the server of `server_url`; its URL."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    """Drop the database of `url` (connections to it are ended)."""
+    name = urlsplit(url).path.lstrip("/")
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
