@@ -16,12 +16,20 @@ call and the mean time per account-period from rating_settlement_seconds (comput
 commit, measured by Billing, excluding the wait for the state lock). Afterwards: one
 invoice per account in `invoices`, rating_settlements_total{result="settled"} = accounts,
 every invoice bills its 100 SIMs, and the USAGE lines add up to the rated quantity of
-every stored record.
+every stored record. And every account's invoice, read through BillingService.GetInvoice,
+equals the one `expected_invoice` computes from the records sent and the contract
+(DESIGN "Settlement of a period"), line by line: the subscription of its SIMs for the
+whole month, the USAGE line (rated quantity, the part above each SIM's 10 MiB, priced and
+rounded once half-up to cents), the SIM-commitment shortfall (120 SIMs at the plan's fee)
+and the MINIMUM_SPEND_TRUE_UP that brings the total to the 500 EUR minimum, and the total.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
+from fractions import Fraction
 
 import asyncpg
 import grpc
@@ -35,9 +43,13 @@ from bench.workload import (
     PERIOD,
     PROVISIONED_AT,
     Workload,
+    rated_quantity,
+    records,
     service_settings,
     sim_iccids,
 )
+from rating.v1 import billing_service_pb2 as b
+from rating.v1 import billing_service_pb2_grpc as b_grpc
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import catalog_service_pb2_grpc as c_grpc
 from rating.v1 import clock_service_pb2 as k
@@ -51,6 +63,34 @@ from service.ops.metrics import Metrics
 SIMS_PER_ACCOUNT = 100
 MIN_SIMS = 120  # January commitment: 20 short of the 100 SIMs each account has
 MIN_SPEND = 500_000_000  # 500 EUR: above what the usage and fees of an account add up to
+
+
+CENT = 10_000  # micros in a minor unit of EUR
+# An invoice line: (kind, plan_id, usage_type, quantity, chargeable_quantity, amount_micros).
+Line = tuple[int, str, int, int, int, int]
+# The positions of a line the contract does not define, by kind: not compared (-1).
+_UNDEFINED: dict[int, tuple[int, ...]] = {
+    t.LINE_KIND_SUBSCRIPTION: (4,),
+    t.LINE_KIND_SIM_COMMITMENT_SHORTFALL: (4,),
+    t.LINE_KIND_MINIMUM_SPEND_TRUE_UP: (3, 4),
+}
+
+
+def _compared(line: Line) -> Line:
+    """`line` with the positions its kind leaves undefined set to -1."""
+    undefined = _UNDEFINED.get(line[0], ())
+    kind, plan_id, usage_type, quantity, chargeable, amount = line
+    return (
+        kind,
+        plan_id,
+        usage_type,
+        -1 if 3 in undefined else quantity,
+        -1 if 4 in undefined else chargeable,
+        amount,
+    )
+
+
+PROBLEMS_SHOWN = 5
 
 
 def account_id(n: int) -> str:
@@ -121,6 +161,98 @@ async def stored_facts(url: str) -> dict[str, int]:
     }
 
 
+def _cents(amount: Fraction) -> int:
+    """Rounded once, half-up, to whole cents, in micros."""
+    return math.floor(amount / CENT + Fraction(1, 2)) * CENT
+
+
+def expected_invoices(workload: Workload) -> list[list[Line]]:
+    """Per account, the lines of its January invoice as (kind, plan_id, usage_type,
+    quantity, chargeable_quantity, amount_micros), from the records sent and the contract:
+    every SIM billed the whole month (IMMEDIATE, provisioned at the period's start), no
+    proration; usage above each SIM's own allowance priced at the one flat tier;
+    commitment shortfall at the plan's full fee; the true-up to the minimum spend. What
+    the contract leaves undefined (a true-up's quantities, the chargeable quantity of a
+    subscription or shortfall line) is -1, and not compared."""
+    rate = PLAN.usage_rates[0]
+    (tier,) = rate.tiers
+    assert tier.up_to_quantity == 0  # one unbounded tier
+    rated = [0] * workload.sims
+    for rec in records(workload):
+        rated[rec.sim] += rated_quantity(rec.quantity)
+    fee = PLAN.subscription_fee_micros
+    invoices: list[list[Line]] = []
+    for n in range(accounts_of(workload)):
+        sims = range(n * SIMS_PER_ACCOUNT, min(workload.sims, (n + 1) * SIMS_PER_ACCOUNT))
+        billable = len(sims)
+        lines: list[Line] = [
+            (t.LINE_KIND_SUBSCRIPTION, PLAN.plan_id, 0, billable, -1, billable * fee)
+        ]
+        used = sum(rated[i] for i in sims)
+        if used:
+            chargeable = sum(max(0, rated[i] - rate.included_quantity) for i in sims)
+            price = _cents(Fraction(chargeable * tier.price_micros, rate.unit_quantity))
+            lines.append(
+                (t.LINE_KIND_USAGE, PLAN.plan_id, t.USAGE_TYPE_DATA, used, chargeable, price)
+            )
+        short = max(0, MIN_SIMS - billable)
+        if short:
+            lines.append(
+                (t.LINE_KIND_SIM_COMMITMENT_SHORTFALL, PLAN.plan_id, 0, short, -1, short * fee)
+            )
+        subtotal = sum(line[-1] for line in lines)
+        if subtotal < MIN_SPEND:
+            lines.append((t.LINE_KIND_MINIMUM_SPEND_TRUE_UP, "", 0, -1, -1, MIN_SPEND - subtotal))
+        invoices.append(lines)
+    return invoices
+
+
+async def check_invoices(
+    channel: grpc.aio.Channel, expected: Sequence[list[Line]]
+) -> dict[str, int]:
+    """Every account's invoice (GetInvoice) against `expected`: its lines, billable SIMs,
+    total, finality. Raises VerificationFailed naming the first differences."""
+    billing = b_grpc.BillingServiceStub(channel)
+    problems: list[str] = []
+    wrong = true_ups = 0
+    for n, lines in enumerate(expected):
+        response = await billing.GetInvoice(
+            b.GetInvoiceRequest(account_id=account_id(n), period=PERIOD), timeout=60
+        )
+        invoice = response.invoice
+        got = [
+            _compared(
+                (
+                    line.kind,
+                    line.plan_id,
+                    line.usage_type,
+                    line.quantity,
+                    line.chargeable_quantity,
+                    line.amount_micros,
+                )
+            )
+            for line in invoice.lines
+        ]
+        billable = lines[0][3]
+        total = sum(line[-1] for line in lines)
+        facts = (sorted(got), invoice.billable_sims, invoice.total_micros, invoice.final)
+        if facts != (sorted(lines), billable, total, True):
+            wrong += 1
+            if len(problems) < PROBLEMS_SHOWN:
+                problems.append(
+                    f"{account_id(n)}: lines {got}, billable {invoice.billable_sims}, total"
+                    f" {invoice.total_micros}, final {invoice.final}; expected lines {lines},"
+                    f" billable {billable}, total {total}, final True"
+                )
+        true_ups += any(line[0] == t.LINE_KIND_MINIMUM_SPEND_TRUE_UP for line in lines)
+    if wrong:
+        raise VerificationFailed(
+            f"settlement: {wrong} of {len(expected)} invoices differ from the expected: "
+            + "; ".join(problems)
+        )
+    return {"invoices_as_expected": len(expected), "expected_true_ups": true_ups}
+
+
 def verify(facts: dict[str, int], settled: float, accounts: int, workload: Workload) -> None:
     problems = []
     if facts["usage_records_rows"] != workload.records:
@@ -146,6 +278,8 @@ async def settlement(ctx: BenchContext) -> list[Figure]:
     progress = ctx.progress
     accounts = accounts_of(workload)
     client = StreamClient(workload)  # builds its requests while we set the service up
+    with progress.phase("settlement: expected invoices from the records"):
+        expected = expected_invoices(workload)
     try:
         async with ctx.fresh_database() as url:
             metrics = Metrics()
@@ -186,6 +320,8 @@ async def settlement(ctx: BenchContext) -> list[Figure]:
                         started = time.perf_counter()
                         await k_grpc.ClockServiceStub(channel).AdvanceTime(request, timeout=3600)
                         seconds = time.perf_counter() - started
+                    with progress.phase(f"settlement: check {accounts:,} invoices"):
+                        checked = await check_invoices(channel, expected)
             finally:
                 await app.stop()
             with progress.phase("settlement: verify"):
@@ -209,6 +345,7 @@ async def settlement(ctx: BenchContext) -> list[Figure]:
         "mean_settlement_ms": round(mean_ms, 2),
         "settlements_observed": count,
         **facts,
+        **checked,
         **cpu,
         "ingest_group_commits": ingest["group_commits"],
     }
