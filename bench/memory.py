@@ -16,7 +16,7 @@ and reports what each part of it costs:
    path, records with their own ICCID strings as gRPC decodes them) or restored as a start
    restores a checkpoint (`StateCache.restore_period`, counters of a month of hourly
    records);
-3. the SIMs marked for the next checkpoint (`StateCache.dirty`) are reported apart: the
+3. the SIMs marked for the next checkpoint (`StateCache.mark_dirty`) are reported apart: the
    checkpoint empties that set every interval.
 
 Bytes per SIM = the SIMs' allocations / SIMs; bytes per SIM-period = the usage's
@@ -208,8 +208,7 @@ def measure(
         with_usage_count = count_usage(cache, per_sim)
     gc.collect()
     with_usage = tracemalloc.take_snapshot()
-    dirty = len(cache.dirty)
-    cache.dirty, cache.new_starts = set(), set()  # what a checkpoint does
+    dirty = len(cache.take_marks()[0])  # what a checkpoint does
     gc.collect()
     checkpointed = tracemalloc.take_snapshot()
     tracemalloc.stop()

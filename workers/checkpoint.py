@@ -1,7 +1,7 @@
 """The checkpoint worker: the in-memory usage counters written to PostgreSQL.
 
 The group commit stores the records, not the counters (docs/storage.md). Counting marks
-the SIMs whose counters change (`StateCache.dirty`, and `new_starts` for installed
+the SIMs whose counters change (`StateCache.mark_dirty`, and `mark_started` for installed
 billing starts). Every `interval_s`, and once more at shutdown, a checkpoint:
 
 1. under the state lock, after `Persister.count_committed()` (so the cache holds every
@@ -107,8 +107,7 @@ class CheckpointWorker:
             except BaseException:
                 # Outages arrive as StorageUnavailable (repository.transaction); either way
                 # the SIMs are marked again, for the next checkpoint.
-                self._cache.dirty |= snapshot.sims
-                self._cache.new_starts |= snapshot.started
+                self._cache.mark_again(snapshot.sims, snapshot.started)
                 self._metrics.checkpoints.labels("failed").inc()
                 raise
             elapsed = time.perf_counter() - started
@@ -137,15 +136,18 @@ class CheckpointWorker:
         Python), and calls must not wait for it. The lock stays held, so no counter changes
         meanwhile (only its holders count records)."""
         cache = self._cache
-        sims, started = cache.dirty, cache.new_starts
+        # Taken at once and put back if cancelled while copying: every mark stays in place.
+        sims, started = cache.take_marks()
         rows: list[repository.AggregateRow] = []
         pending = list(sims)
-        for first in range(0, len(pending), SNAPSHOT_CHUNK):
-            if first:
-                await asyncio.sleep(0)  # serve calls; the lock is still held
-            rows.extend(cache.usage_rows(pending[first : first + SNAPSHOT_CHUNK]))
-        # Cleared only now: a checkpoint cancelled while copying leaves every mark in place.
-        cache.dirty, cache.new_starts = set(), set()
+        try:
+            for first in range(0, len(pending), SNAPSHOT_CHUNK):
+                if first:
+                    await asyncio.sleep(0)  # serve calls; the lock is still held
+                rows.extend(cache.usage_rows(pending[first : first + SNAPSHOT_CHUNK]))
+        except BaseException:
+            cache.mark_again(sims, started)
+            raise
         starts = []
         for iccid in started:
             start = cache.sims[iccid].billing_started_at

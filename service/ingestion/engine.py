@@ -293,7 +293,7 @@ class UsageEngine:
     def install_start(self, sim: Sim) -> None:
         """Install a new (earlier) billing start: uncharged records from it on become charged."""
         self._charge_from_start(sim)
-        self._cache.new_starts.add(sim.iccid)
+        self._cache.mark_started(sim.iccid)
         self._cache.put_sims([sim])
 
     def _charge_from_start(self, sim: Sim) -> int:
@@ -318,7 +318,7 @@ class UsageEngine:
         charged = len(usage.uncharged) - len(still_uncharged)
         if charged:
             usage.uncharged = still_uncharged or ()
-            self._cache.dirty.add(sim.iccid)
+            self._cache.mark_dirty(sim.iccid)
         return charged
 
     def _count(
@@ -326,8 +326,8 @@ class UsageEngine:
     ) -> list[RecordResult]:
         # The ingestion hot path: one loop for the group, every lookup done once, inline.
         cache = self._cache
-        plans, usage_by_sim, pool_used = cache.plans, cache.usage, cache.pool_used
-        mark_dirty = cache.dirty.add  # for the next checkpoint
+        plans, usage_by_sim = cache.plans, cache.usage
+        mark_dirty, add_pool_usage = cache.mark_dirty, cache.add_pool_usage
         first_use, first_use_start = ActivationMode.FIRST_USE, BillingStartReason.FIRST_USE
         new = tuple.__new__
         last_plan: Plan | None = None
@@ -364,7 +364,7 @@ class UsageEngine:
                         used, included = cache.allowance_position(sim, rate, period)
                         if used + rated > included:  # else all inside the allowance
                             charge = estimate_charge(rate, used, rated, included)
-                    pool_used[(sim.account_id, sim.plan_id, period, usage_type)] += rated
+                    add_pool_usage(sim.account_id, sim.plan_id, period, usage_type, rated)
                 elif estimate:
                     used, included = counters.charged_rated_quantity, rate.included_quantity
                     if used + rated > included:
@@ -401,7 +401,7 @@ class UsageEngine:
         counters.uncharged_raw_quantity -= raw
         counters.uncharged_records -= 1
         if rate is not None and rate.pooled:
-            self._cache.pool_used[(sim.account_id, sim.plan_id, period, rate.usage_type)] += rated
+            self._cache.add_pool_usage(sim.account_id, sim.plan_id, period, rate.usage_type, rated)
 
     # --- restart -------------------------------------------------------------------------------
 
@@ -416,7 +416,7 @@ class UsageEngine:
             sim = self._cache.sims[iccid]
             if sim.billing_started_at is not None:
                 if count := self._charge_from_start(sim):
-                    self._cache.new_starts.add(iccid)
+                    self._cache.mark_started(sim.iccid)
                     charged += count
         return charged
 

@@ -167,9 +167,10 @@ class StateCache:
         self.state_counts: Counter[SimState] = Counter()
         self.usage: dict[str, SimUsage] = {}
         self.settled: set[tuple[str, str]] = set()  # (account_id, period) with an invoice
-        # Pooled allowances: charged rated quantity per (account, plan, period, usage type),
-        # and the SIMs per (account, plan) whose billing has started and not ended.
-        self.pool_used: defaultdict[tuple[str, str, str, UsageType], int] = defaultdict(int)
+        # Pooled allowances: charged rated quantity per (account, plan, period, usage type)
+        # (changed through add_pool_usage), and the SIMs per (account, plan) whose billing
+        # has started and not ended.
+        self._pool_used: defaultdict[tuple[str, str, str, UsageType], int] = defaultdict(int)
         self.started_on_plan: Counter[tuple[str, str]] = Counter()
         # Bumped by every change that can alter how a usage record is checked (plans,
         # accounts, SIMs, settled periods): a check made at an older version is redone.
@@ -178,9 +179,10 @@ class StateCache:
         self.sim_listeners: list[Callable[[Sim | None, Sim], None]] = []
         # Since the last checkpoint (workers.checkpoint): the SIMs whose counters changed,
         # and those whose billing start was installed (their stored uncharged records from
-        # it on are charged now).
-        self.dirty: set[str] = set()
-        self.new_starts: set[str] = set()
+        # it on are charged now). Changed only through mark_dirty, mark_started,
+        # take_marks and mark_again.
+        self._dirty: set[str] = set()
+        self._new_starts: set[str] = set()
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -210,7 +212,7 @@ class StateCache:
         the account's usage on the plan, against `domain.pricing.allowance`."""
         if rate.pooled:
             key = (sim.account_id, sim.plan_id)
-            used = self.pool_used.get((*key, period, rate.usage_type), 0)
+            used = self._pool_used.get((*key, period, rate.usage_type), 0)
             return used, allowance(rate, self.started_on_plan[key])
         if usage is None:
             usage = self.usage_of(sim.iccid)
@@ -290,6 +292,34 @@ class StateCache:
 
     # --- writes, after commit ----------------------------------------------------------------
 
+    def mark_dirty(self, iccid: str) -> None:
+        """The SIM's counters changed: the next checkpoint writes them. Pass the SIM's own
+        ICCID string (`Sim.iccid`): the set keeps it until then."""
+        self._dirty.add(iccid)
+
+    def mark_started(self, iccid: str) -> None:
+        """The SIM's billing start was installed: the next checkpoint deletes its stored
+        uncharged records that the start charges."""
+        self._new_starts.add(iccid)
+
+    def take_marks(self) -> tuple[set[str], set[str]]:
+        """(dirty SIMs, SIMs with an installed billing start) since the last call; clears
+        both (a checkpoint takes them)."""
+        taken = self._dirty, self._new_starts
+        self._dirty, self._new_starts = set(), set()
+        return taken
+
+    def mark_again(self, dirty: set[str], started: set[str]) -> None:
+        """Put back marks taken by a checkpoint that failed: the next one writes them."""
+        self._dirty |= dirty
+        self._new_starts |= started
+
+    def add_pool_usage(
+        self, account_id: str, plan_id: str, period: str, usage_type: UsageType, rated: int
+    ) -> None:
+        """Charged rated quantity of a pooled rate, added to the account's pool."""
+        self._pool_used[(account_id, plan_id, period, usage_type)] += rated
+
     def put_plan(self, plan: Plan) -> None:
         self.version += 1
         self.plans[plan.plan_id] = plan
@@ -327,8 +357,9 @@ class StateCache:
             for c in counters:
                 settled[c.usage_type] = settled.get(c.usage_type, 0) + c.raw_quantity
             usage.settled_raw = tuple(settled.items())
-        for key in [k for k in self.pool_used if k[0] == account_id and k[2] == period]:
-            del self.pool_used[key]
+        pool_used = self._pool_used
+        for key in [k for k in pool_used if k[0] == account_id and k[2] == period]:
+            del pool_used[key]
         return dropped
 
     def restore_period(
@@ -338,7 +369,7 @@ class StateCache:
         charged rated, records, charged records), with the pooled usage they imply."""
         kinds, count = USAGE_TYPES_BY_VALUE, 0
         period = sys.intern(period)  # one string object per period name
-        sims, usage_by_sim, plans, pool_used = self.sims, self.usage, self.plans, self.pool_used
+        sims, usage_by_sim, plans, pool_used = self.sims, self.usage, self.plans, self._pool_used
         pooled: dict[tuple[str, UsageType], bool] = {}  # by (plan, usage type)
         for iccid, kind, raw, charged_raw, charged_rated, records, charged_records in rows:
             sim = sims.get(iccid)
