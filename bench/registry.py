@@ -2,9 +2,11 @@
 
 A benchmark is an async function taking the run's `BenchContext` and returning its
 figures; `@benchmark("name", "what it measures")` registers it under the name that
-`--only` selects. Benchmarks run in registration order: the modules in `MODULES` are
-imported in that order. To add one (activation throughput, settlement time, ...), write
-a module with a decorated function and append the module to `MODULES`.
+`--only` selects. `MODULES` maps each name to the module that registers it, in the order
+they run; `--only` imports only the modules it names, so a benchmark runs even where
+another one's imports do not resolve (an older checkout of the service, see bench/ab.py).
+To add one (activation throughput, settlement time, ...), write a module with a decorated
+function and add its name and module to `MODULES`.
 
 A benchmark with options of its own declares them in its module, as a frozen dataclass
 whose fields carry `option(...)` metadata, passed as `@benchmark(..., options=TheClass)`:
@@ -26,20 +28,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.context import BenchContext
 
-# Imported in this order; their @benchmark functions run in this order.
-MODULES = (
-    "bench.ingestion",
-    "bench.usage_send",
-    "bench.transport",
-    "bench.storage",
-    "bench.activation",
-    "bench.settlement",
-    "bench.history_ingestion",
-    "bench.hot",
-    "bench.soak",
-    "bench.history",
-    "bench.hotpath",
-)
+# Benchmark name -> the module that registers it; run in this order.
+MODULES = {
+    "ingestion": "bench.ingestion",
+    "usage_send": "bench.usage_send",
+    "transport": "bench.transport",
+    "copy": "bench.storage",
+    "activation": "bench.activation",
+    "settlement": "bench.settlement",
+    "history_ingestion": "bench.history_ingestion",
+    "hot": "bench.hot",
+    "soak": "bench.soak",
+    "history": "bench.history",
+    "hotpath": "bench.hotpath",
+}
 
 # Unit of the figures the report compares with the baselines below.
 THROUGHPUT_UNIT = "records/s"
@@ -194,8 +196,11 @@ def option_values(options: dict[type, Any]) -> dict[str, Any]:
     return values
 
 
-def load() -> dict[str, Benchmark]:
-    """Import every benchmark module; return the registry."""
-    for module in MODULES:
-        importlib.import_module(module)
-    return BENCHMARKS
+def load(names: Iterable[str] | None = None) -> dict[str, Benchmark]:
+    """Import the modules of the benchmarks `names` (default: all); every benchmark
+    registered so far (those modules import others), in MODULES order."""
+    for name in MODULES if names is None else names:
+        importlib.import_module(MODULES[name])
+        if name not in BENCHMARKS:
+            raise RuntimeError(f"{MODULES[name]} registers no benchmark {name!r}")
+    return {name: BENCHMARKS[name] for name in MODULES if name in BENCHMARKS}
