@@ -8,12 +8,13 @@
 
 Each commit is exported (`git archive`, no worktree, nothing in the repository changes)
 into `--workdir`. Pair i runs `python -m bench --only ...` once from each, one after the
-other, BEFORE first in even pairs and AFTER first in odd ones, so a slow hour of the
-machine falls on both sides alike. Every run uses this checkout's interpreter and, by
-default, the **same benchmark code** (`--bench-from current`: this checkout's `bench/`,
-copied once when the script starts): the service, `workers` and the generated `rating`
-code come from the commit under test (first on PYTHONPATH, ahead of the editable
-install), so a difference comes from the service, not from a changed benchmark.
+other, BEFORE first in pairs 1, 3, ... and AFTER first in pairs 2, 4, ..., so a slow
+hour of the machine falls on both sides alike. Every run uses this checkout's
+interpreter and, by default, the **same benchmark code** (`--bench-from current`: this
+checkout's `bench/`, copied once when the script starts): the service, `workers` and the
+generated `rating` code come from the commit under test (first on PYTHONPATH, ahead of
+the editable install), so a difference comes from the service, not from a changed
+benchmark.
 `--bench-from each` runs each commit's own `bench/` instead (when the current benchmarks
 cannot drive the older service: then the two sides measure different workloads).
 
