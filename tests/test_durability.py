@@ -2,7 +2,11 @@
 
 1. kill -9 of the service while four streams are sending: every acknowledged record is
    stored exactly once, the restarted service counts what is stored, and resending
-   everything loses nothing and counts nothing twice.
+   everything loses nothing and counts nothing twice. Then the same with SIMs on FIRST_USE
+   plans (per SIM and pooled) part-way to their threshold at the kill, crossing it after
+   the restart with late and on-time records, killed again, and started after their grace
+   period ended. After each restart, the whole usage state (cache, stored state, API) is
+   held against its recomputation from the stored facts (tests/support/usage_state.py).
 2. PostgreSQL stopped under load and started again, the service left running: callers
    get UNAVAILABLE (never a RATED for a record that is not stored), and ingestion resumes
    with counters equal to what is stored.
@@ -16,10 +20,12 @@ No sleeps: the tests wait on events set by the acknowledgements themselves.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import asyncpg
 import grpc
@@ -31,9 +37,12 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.ops.metrics import Metrics
 from tests import conftest
-from tests.support import ServerProcess, Stubs
+from tests.conftest import AppFactory
+from tests.support import T0, ServerProcess, Stubs, first_use_plan, iccids, until
+from tests.support.billing import provision, put_account, put_plans
 from tests.support.postgres import StoppablePostgres
-from tests.support.usage import account_with_sims, record
+from tests.support.usage import account_with_sims, rate, record
+from tests.support.usage_state import check_api, check_app
 
 pytestmark = pytest.mark.slow
 
@@ -94,11 +103,19 @@ class Acks:
         return {rid for rid, s in self.statuses.items() if s == status}
 
 
-async def stream(stubs: Stubs, batches: Sequence[Batch], acks: Acks) -> None:
-    """Send the batches on one StreamUsage stream; record every ack; record an error code."""
+async def stream(
+    stubs: Stubs,
+    batches: Sequence[Batch],
+    acks: Acks,
+    pause: tuple[int, asyncio.Event] | None = None,
+) -> None:
+    """Send the batches on one StreamUsage stream; record every ack; record an error code.
+    `pause` (n, event): wait for the event before sending batch n."""
 
     async def requests() -> AsyncIterator[r.StreamUsageRequest]:
         for n, batch in enumerate(batches):
+            if pause is not None and n == pause[0]:
+                await pause[1].wait()
             yield r.StreamUsageRequest(batch_id=str(n), records=batch)
 
     call = stubs.rating.StreamUsage(requests())
@@ -189,7 +206,9 @@ BATCH_SIZE = 200
 KILL_AFTER_BATCHES = 24  # acknowledged batches, all streams together
 
 
-async def test_kill_9_while_four_streams_are_sending(database_url: str) -> None:
+async def test_kill_9_while_four_streams_are_sending(
+    start_app: AppFactory, database_url: str
+) -> None:
     env = {"RATING_DATABASE_URL": database_url, "RATING_CLOCK": "test:2026-01-01T00:00:00Z"}
     server = ServerProcess(env)
     port = await server.start()
@@ -219,32 +238,193 @@ async def test_kill_9_while_four_streams_are_sending(database_url: str) -> None:
     assert acks.with_status(RATED) <= stored.keys(), "an acknowledged record was lost"
     assert_stored_as_sent(stored, sent)
 
-    restarted = ServerProcess(env)
-    port = await restarted.start()
+    # Restarted in process on the same database, so that its whole state can be read.
+    app, stubs = await start_app(clock_start=T0)
+    await check_api(stubs, await check_app(app))
+    counters = await data_counters(stubs, sims)
+    in_db = stored_by_sim(stored)
+    acked = usage_by_sim([sent[rid] for rid in acks.statuses])
+    for iccid in sims:
+        assert counters[iccid] == in_db.get(iccid, 0), iccid
+        assert counters[iccid] >= acked.get(iccid, 0), iccid
+
+    again = await resend_all(stubs, per_stream)
+    assert again.statuses.keys() == sent.keys()
+    for record_id, status in again.statuses.items():
+        # Stored before the kill (acknowledged or not) -> DUPLICATE; the rest is new.
+        assert status == (DUPLICATE if record_id in stored else RATED), record_id
+    assert acks.statuses.keys() <= again.with_status(DUPLICATE)
+
+    final = await data_counters(stubs, sims)
+    assert final == {iccid: usage_by_sim(list(sent.values())).get(iccid, 0) for iccid in sims}
+    assert len(await stored_records(database_url)) == len(sent)
+    await check_api(stubs, await check_app(app))
+
+
+# --- 1b. kill -9 while SIMs are part-way to their first-use threshold --------------------------
+
+DAY, HOUR = timedelta(days=1), timedelta(hours=1)
+MIB = 1_048_576
+PART_WAY_SIMS = 200  # per plan
+PART_WAY_STREAMS, PART_WAY_BATCHES, PART_WAY_SIZE = 4, 30, 100
+
+
+def jan(day: int, hour: int = 0) -> datetime:
+    return T0 + (day - 1) * DAY + hour * HOUR
+
+
+def first_use_plans() -> list[t.Plan]:
+    """Threshold 1 MiB of data, grace 10 days: an own 10 MiB allowance per SIM, and the
+    plan of issue 20 (1 MiB per billable SIM, pooled)."""
+    own = first_use_plan("FU", grace_days=10, threshold=MIB)
+    pooled = first_use_plan("FU-POOL", grace_days=10, threshold=MIB)
+    pooled.usage_rates[0].included_quantity = MIB
+    pooled.usage_rates[0].pooled = True
+    return [own, pooled]
+
+
+def crosses_before_the_kill(sim: int) -> bool:
+    return sim % 10 == 0
+
+
+def part_way_batches(prefix: str, sims: Sequence[str], tiny: bool = False) -> list[list[Batch]]:
+    """Per stream, batches of records with event times spread over Jan 2..8 in no order.
+    Every tenth SIM gets 150,000 bytes a record and crosses its threshold; the others stay
+    below it (at most 30 records of < 30,000 bytes each, or of < 100 when `tiny`)."""
+    per_stream = []
+    for s in range(PART_WAY_STREAMS):
+        batches = []
+        for b in range(PART_WAY_BATCHES):
+            batch = []
+            for i in range(PART_WAY_SIZE):
+                n = (s * PART_WAY_BATCHES + b) * PART_WAY_SIZE + i
+                sim = n % len(sims)
+                quantity = 1 + (n * 7919) % (100 if tiny else 30_000)
+                if crosses_before_the_kill(sim) and not tiny:
+                    quantity = 150_000
+                when = jan(2) + HOUR * ((n * 37) % (7 * 24))
+                batch.append(record(f"{prefix}-{s}-{b}-{i}", sims[sim], quantity, when))
+            batches.append(batch)
+        per_stream.append(batches)
+    return per_stream
+
+
+def checkpoint_rows(server: ServerProcess) -> int:
+    """Rows written by the server's checkpoints so far, from its log."""
+    events = [json.loads(line) for line in server.log_lines if line.startswith("{")]
+    return sum(e["rows"] for e in events if e.get("event") == "checkpoint written")
+
+
+async def kill_while_streaming(server: ServerProcess, per_stream: list[list[Batch]]) -> Acks:
+    """Stream a third of the batches; once they are acknowledged and a checkpoint has
+    stored counters, stream the rest and kill -9 the server after a few more."""
+    port = await server.start()
+    acks, go_on = Acks(), asyncio.Event()
+    third = len(per_stream[0]) // 3
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stubs = Stubs(channel)
-            counters = await data_counters(stubs, sims)
-            in_db = stored_by_sim(stored)
-            acked = usage_by_sim([sent[rid] for rid in acks.statuses])
-            for iccid in sims:
-                assert counters[iccid] == in_db.get(iccid, 0), iccid
-                assert counters[iccid] >= acked.get(iccid, 0), iccid
-
-            again = await resend_all(stubs, per_stream)
-            assert again.statuses.keys() == sent.keys()
-            for record_id, status in again.statuses.items():
-                # Stored before the kill (acknowledged or not) -> DUPLICATE; the rest is new.
-                assert status == (DUPLICATE if record_id in stored else RATED), record_id
-            assert acks.statuses.keys() <= again.with_status(DUPLICATE)
-
-            final = await data_counters(stubs, sims)
-            assert final == {
-                iccid: usage_by_sim(list(sent.values())).get(iccid, 0) for iccid in sims
-            }
-            assert len(await stored_records(database_url)) == len(sent)
+            senders = [
+                asyncio.create_task(stream(stubs, x, acks, (third, go_on))) for x in per_stream
+            ]
+            await acks.wait_for_batches(third * len(per_stream))
+            await until(lambda: checkpoint_rows(server) > 0)
+            go_on.set()
+            await acks.wait_for_batches(third * len(per_stream) + 2)
+            assert await server.stop(signal.SIGKILL) == -signal.SIGKILL
+            await asyncio.wait_for(asyncio.gather(*senders), CALL_TIMEOUT)
     finally:
-        await restarted.stop()
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+    assert acks.batches < sum(map(len, per_stream)), "the streams ended before the kill"
+    return acks
+
+
+async def test_kill_9_while_sims_are_part_way_to_their_threshold(
+    start_app: AppFactory, database_url: str
+) -> None:
+    """Kill -9 under four streams while most FIRST_USE SIMs are below their threshold
+    (checkpoints every 50 ms, so the kill finds stored uncharged records and starts
+    installed since the last checkpoint); restart; they cross it with late records (the
+    start moves before records already stored) and on-time ones; kill -9 again while the
+    rest are still below it; start after their grace period ended, and late records move
+    those starts back to first use. At each restart, and after each step, the whole state
+    (cache, stored state, GetSimStatus, AuthorizeSession, previews) is the recomputed one."""
+    env = {
+        "RATING_DATABASE_URL": database_url,
+        "RATING_CLOCK": f"test:{jan(10).isoformat()}",
+        "RATING_CHECKPOINT_INTERVAL_S": "0.05",
+    }
+    plans = first_use_plans()
+    own = iccids(30_000, PART_WAY_SIMS)
+    pooled = iccids(31_000, PART_WAY_SIMS)
+    sims = own + pooled
+    setup = ServerProcess(env)
+    port = await setup.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stubs = Stubs(channel)
+        await put_plans(stubs, *plans)
+        await put_account(stubs, "A")
+        await provision(stubs, own, T0, "FU")
+        await provision(stubs, pooled, T0, "FU-POOL")
+    assert await setup.stop() == 0
+
+    # 1. Kill -9 while streaming: most SIMs part-way, every tenth past its threshold.
+    first = part_way_batches("p1", sims)
+    acks = await kill_while_streaming(ServerProcess(env), first)
+    app, stubs = await start_app(clock_start=jan(10))
+    expected = await check_app(app)
+    waiting = [x for x in sims if expected.starts[x] is None]
+    started = {x for x in sims if expected.starts[x] is not None}
+    assert len(waiting) >= len(sims) * 8 // 10, "most SIMs are below their threshold"
+    assert started, "some SIMs crossed their threshold before the kill"
+    print(
+        f"kill -9 part-way: {len(acks.statuses)} records acknowledged; {len(waiting)} SIMs"
+        f" below their threshold, {len(started)} past it"
+    )
+    await check_api(stubs, expected)
+
+    # 2. The rest of the batches, then the threshold crossed by a late record (before the
+    #    stored ones: first use moves to a stored record or to the late one) for a third
+    #    of the waiting SIMs, by an on-time record for another third.
+    again = await resend_all(stubs, first)
+    assert set(again.statuses.values()) <= {RATED, DUPLICATE}
+    expected = await check_app(app)
+    waiting = [x for x in sims if expected.starts[x] is None]
+    late = [record(f"late-{x}", x, 700_000, jan(1, 12)) for x in waiting[0::3]]
+    on_time = [record(f"now-{x}", x, 1_000_000, jan(10)) for x in waiting[1::3]]
+    results = await rate(stubs, *late, *on_time)
+    assert {x.status for x in results} == {RATED}
+    assert all(x.charged for x in results[len(late) :])  # on time: the record that crosses
+    expected = await check_app(app)
+    assert {expected.starts[x.iccid][1] for x in late + on_time} == {  # type: ignore[index]
+        t.BILLING_START_REASON_FIRST_USE
+    }
+    assert any(expected.starts[x.iccid][0] > jan(1, 12) for x in late)  # type: ignore[index]
+    await check_api(stubs, expected)
+    await app.stop()
+
+    # 3. Kill -9 again while the last third is still below its threshold.
+    still = [x for x in sims if expected.starts[x] is None]
+    second = part_way_batches("p2", still, tiny=True)
+    await kill_while_streaming(ServerProcess(env), second)
+
+    # 4. Started on Jan 12: their grace period ended on Jan 11. Late records move half of
+    #    those starts back to a first use before the deadline; the others get usage on time.
+    app, stubs = await start_app(clock_start=jan(12))
+    expected = await check_app(app)
+    assert {expected.starts[x] for x in still} == {(jan(11), t.BILLING_START_REASON_GRACE_EXPIRED)}
+    results = await rate(
+        stubs,
+        *[record(f"late2-{x}", x, 700_000, jan(1, 12)) for x in still[0::2]],
+        *[record(f"now2-{x}", x, 5_000, jan(12)) for x in still[1::2]],
+    )
+    assert {x.status for x in results} == {RATED}
+    expected = await check_app(app)
+    assert {expected.starts[x][1] for x in still[0::2]} == {  # type: ignore[index]
+        t.BILLING_START_REASON_FIRST_USE
+    }
+    await check_api(stubs, expected)
 
 
 # --- 2. PostgreSQL stopped under load, then started again --------------------------------------
