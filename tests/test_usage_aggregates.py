@@ -1,6 +1,8 @@
 """The stored usage state (docs/storage.md, "Usage aggregates and restart"): written by the
 checkpoints, loaded at start for open periods only with a replay of the records after the
-last checkpoint, exact after kill -9."""
+last checkpoint, exact after kill -9. After each restart the whole usage state (cache,
+stored state, API) is held against its recomputation from the stored facts
+(tests/support/usage_state.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 import json
 import random
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,9 +28,14 @@ from tests.support.billing import advance
 from tests.support.usage import account_with_sims, rate, record
 from tests.support.usage_state import (
     cache_state,
+    check_api,
+    check_app,
     check_checkpoint,
+    check_stored_state,
     expected_state,
     open_part,
+    recompute,
+    recompute_at,
     stored_state,
 )
 from tests.test_durability import Acks, make_batches, stream
@@ -49,10 +56,13 @@ async def preview(stubs: Stubs) -> bytes:
     return got.invoice.SerializeToString(deterministic=True)
 
 
-async def check_stored(database_url: str) -> None:
+async def check_stored(database_url: str, now: datetime) -> None:
+    """After a graceful stop (its last checkpoint holds every record): the stored state is
+    the one recomputed from the stored facts at `now`, the stopped service's clock."""
     conn = await asyncpg.connect(database_url)
     try:
         assert await stored_state(conn) == await expected_state(conn)
+        await check_stored_state(conn, await recompute(conn, now))
     finally:
         await conn.close()
 
@@ -90,6 +100,7 @@ async def test_restart_after_a_settlement_loads_only_the_open_period(
         stored = await stored_state(conn)
         assert stored == await expected_state(conn)
     assert cache_state(restarted.cache) == open_part(stored, restarted.cache)
+    await check_api(stubs, await check_app(restarted))
 
     await advance(stubs, T0 + 61 * DAY)  # 2026-03-03: February is settled after the restart
     got = await stubs.billing.GetInvoice(b.GetInvoiceRequest(account_id="A", period="2026-02"))
@@ -97,7 +108,9 @@ async def test_restart_after_a_settlement_loads_only_the_open_period(
     expected.ParseFromString(bill)
     assert got.invoice.total_micros == expected.total_micros
     assert list(got.invoice.lines) == list(expected.lines)
-    await check_stored(database_url)
+    await check_api(stubs, await check_app(restarted))
+    await restarted.stop()
+    await check_stored(database_url, T0 + 61 * DAY)
 
 
 STREAMS, SIMS, BATCHES, BATCH_SIZE = 4, 500, 30, 200
@@ -138,7 +151,9 @@ async def test_a_start_loads_totals_beyond_int8_exactly(
 
 
 async def check_counters(stubs: Stubs, sims: list[str], database_url: str) -> None:
-    """Every SIM's status shows the sum of its stored records."""
+    """Every SIM's status shows the sum of its stored records, and every answer of the API
+    is the one recomputed from the stored facts."""
+    await check_api(stubs, await recompute_at(database_url, stubs))
     conn = await asyncpg.connect(database_url)
     try:
         sums = dict(
@@ -160,11 +175,15 @@ def logged(server: ServerProcess, event: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-async def test_kill_9_while_checkpoints_are_written(database_url: str) -> None:
+async def test_kill_9_while_checkpoints_are_written(
+    start_app: AppFactory, database_url: str
+) -> None:
     """kill -9 at random moments under four streams while a checkpoint is written every
     20 ms, several times: the stored checkpoint is exact as of its seqs each time; after
-    each restart the counters equal the stored records; at the end the preview equals the
-    invoice, and a graceful stop leaves the stored state equal to what the records imply."""
+    each restart the counters equal the stored records and every answer the recomputed
+    one; the last start (in process) holds the whole recomputed state; at the end the
+    preview equals the invoice, and a graceful stop leaves the stored state equal to what
+    the records imply."""
     seed = random.randrange(2**32)
     print(f"seed={seed}")  # replay: rng = random.Random(seed)
     rng = random.Random(seed)
@@ -207,22 +226,19 @@ async def test_kill_9_while_checkpoints_are_written(database_url: str) -> None:
         finally:
             await conn.close()
 
-    restarted = ServerProcess(env)
-    port = await restarted.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stubs = Stubs(channel)
-            await check_counters(stubs, sims, database_url)
-            bill = await stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id="A"))
-            await advance(stubs, T0 + 33 * DAY)  # settles January
-            got_invoice = await stubs.billing.GetInvoice(
-                b.GetInvoiceRequest(account_id="A", period="2026-01")
-            )
-            assert got_invoice.invoice.total_micros == bill.invoice.total_micros
-            assert list(got_invoice.invoice.lines) == list(bill.invoice.lines)
-    finally:
-        await restarted.stop()
-    await check_stored(database_url)
+    app, stubs = await start_app(clock_start=T0 + 19 * DAY)
+    await check_counters(stubs, sims, database_url)
+    await check_app(app)
+    bill = await stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id="A"))
+    await advance(stubs, T0 + 33 * DAY)  # settles January
+    got_invoice = await stubs.billing.GetInvoice(
+        b.GetInvoiceRequest(account_id="A", period="2026-01")
+    )
+    assert got_invoice.invoice.total_micros == bill.invoice.total_micros
+    assert list(got_invoice.invoice.lines) == list(bill.invoice.lines)
+    await check_api(stubs, await check_app(app))
+    await app.stop()
+    await check_stored(database_url, T0 + 33 * DAY)
 
 
 @pytest.mark.slow
@@ -263,7 +279,7 @@ async def test_a_restart_replays_only_the_records_after_the_last_checkpoint(
             await check_counters(Stubs(channel), sims, database_url)
     finally:
         await third.stop()
-    await check_stored(database_url)
+    await check_stored(database_url, T0 + 19 * DAY)
 
 
 async def test_migration_0003_computes_the_state_from_the_stored_records(
@@ -301,6 +317,8 @@ async def test_migration_0003_computes_the_state_from_the_stored_records(
             stored = await stored_state(conn)
             assert stored == await expected_state(conn)
             assert len(stored.aggregates) == 9 + 3 and stored.uncharged and stored.settled_raw
+            await check_stored_state(conn, await recompute(conn, T0 + 33 * DAY))
     restarted, stubs = await start_app(clock_start=T0 + 33 * DAY)
     assert cache_state(restarted.cache) == open_part(stored, restarted.cache)
     assert await statuses(stubs, sims + waiting) == before
+    await check_api(stubs, await check_app(restarted))
