@@ -1,4 +1,5 @@
-"""Durability of provisioning: 10,000 SIMs survive SIGTERM and kill -9 unchanged."""
+"""Durability of provisioning: 10,000 SIMs survive SIGTERM and kill -9 unchanged, and their
+statuses are those recomputed from the stored facts (tests/support/usage_state.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rating.v1 import provisioning_service_pb2 as p
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from tests.support import ServerProcess, Stubs, data_plan, first_use_plan, iccids
+from tests.support.usage_state import recompute_at, sim_status_problems
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +53,12 @@ async def test_sims_survive_restart(database_url: str, sig: signal.Signals) -> N
     restarted = ServerProcess(env)
     port = await restarted.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        after = await snapshot(Stubs(channel), sims)
+        stubs = Stubs(channel)
+        after = await snapshot(stubs, sims)
+        expected = await recompute_at(database_url, stubs)
     await restarted.stop()
     assert after == before
+    problems = []
+    for shown in after:
+        problems += sim_status_problems(t.SimStatus.FromString(shown), expected)
+    assert problems == []
