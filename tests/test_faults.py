@@ -47,6 +47,7 @@ from tests.conftest import AppFactory
 from tests.support import ServerProcess, Stubs, data_plan, iccids
 from tests.support.postgres import CommitAnswerLost, StoppablePostgres
 from tests.support.usage import account_with_sims, record
+from tests.support.usage_state import counted
 
 pytestmark = pytest.mark.slow
 
@@ -524,6 +525,35 @@ async def test_commit_answer_lost_then_retried(database_url: str) -> None:
             await app.stop()
 
 
+async def until_inserter_ended(
+    database_url: str, record_id: str, iccid: str, when: datetime
+) -> None:
+    """Until the transaction that inserted the record, if one is still open, has ended,
+    committed or rolled back: an insert of the same key waits for it in the primary key's
+    index, in PostgreSQL. The insert is rolled back (its seq is given: none is drawn)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                await conn.execute(
+                    """INSERT INTO usage_records (record_id, iccid, usage_type, quantity,
+                           rated_quantity, event_time, period, seq)
+                       VALUES ($1, $2, 1, 0, 0, $3, $4, 0)""",
+                    record_id,
+                    iccid,
+                    when,
+                    when.strftime("%Y-%m"),
+                )
+            except asyncpg.UniqueViolationError:
+                pass  # it committed
+            finally:
+                await transaction.rollback()
+    finally:
+        await conn.close()
+
+
 async def test_a_commit_still_running_when_its_connection_broke_is_counted_once(
     database_url: str,
 ) -> None:
@@ -568,14 +598,16 @@ async def test_a_commit_still_running_when_its_connection_broke_is_counted_once(
                 assert proxy.cut.is_set()
                 # At once, while the slow COMMIT may still be running: the next group.
                 assert (await rate("next-1", 500)).status == t.RECORD_STATUS_RATED
-                await asyncio.sleep(2.5)  # past the trigger's sleep, had it gone on
+                # Until that COMMIT has ended one way or the other (at once if the look-up
+                # ended its server process, after the trigger's sleep had it gone on).
+                await until_inserter_ended(database_url, "slow-1", sim, when)
                 assert (await rate("slow-1", 1_000)).status in (
                     t.RECORD_STATUS_RATED,
                     t.RECORD_STATUS_DUPLICATE,
                 )
-                async with app.state_lock:
-                    counted = app.cache.usage_of(sim).period("2026-01")
-                    counted_raw = counted[UsageType.DATA].raw_quantity
+                async with counted(app):
+                    in_memory = app.cache.usage_of(sim).period("2026-01")
+                    counted_raw = in_memory[UsageType.DATA].raw_quantity
             stored = await asyncpg.connect(database_url)
             try:
                 stored_raw = await stored.fetchval(
