@@ -5,9 +5,11 @@ A hypothesis state machine drives two real `python -m service` processes on the 
 clock (tests/support/twins.py): the reference is never restarted; the subject is stopped
 cleanly (SIGTERM) or killed (SIGKILL) at random moments, while idle, a few milliseconds
 after a call or while a usage batch is in flight, and checkpoints every 20 ms, so kills
-also land during checkpoints. Both get the same calls: usage (late records reaching back
-over earlier periods and before provisioning, exact duplicates, reused ids with other
-contents, records that cross first-use thresholds and move billing starts earlier),
+also land during checkpoints; one rule kills it inside a checkpoint's transaction for sure,
+holding the checkpoint there with a table lock. Both get the same calls: usage (late
+records reaching back over earlier periods and before provisioning, exact duplicates,
+reused ids with other contents, records that cross first-use thresholds and move billing
+starts earlier),
 plan and account changes, provisioning, suspension and termination, clock advances (grace
 expiries, automatic settlement) and explicit settlements. Every answer must be the same,
 and after every step so must every SIM's status, AuthorizeSession's answer for every SIM
@@ -36,6 +38,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 import pytest
 from hypothesis import HealthCheck, Phase, event, seed, settings
@@ -171,25 +174,23 @@ def previous_period(name: str) -> str:
     return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
 
 
-class Clock:
-    """The test clock both services are at: it only moves forward, across examples too."""
-
-    now = T0 + 5 * timedelta(days=1)
-
-
 class RestartEquivalence(RuleBasedStateMachine):
-    """See the module docstring. One example is one world (plans, accounts and SIMs of its
-    own) on the twins the test started; the twins and their clock live across examples, so
-    they also hold every earlier world, which the calls of later ones must not disturb."""
+    """See the module docstring. Each example starts its own pair of services on fresh
+    databases at the same clock: what hypothesis draws depends on nothing else, so a seed
+    replays the same calls."""
 
     loop: asyncio.AbstractEventLoop
-    twins: Twins
+    server_url: str
+    template: str
     worlds = 0
 
     def __init__(self) -> None:
         super().__init__()
         RestartEquivalence.worlds += 1
         self.world = str(RestartEquivalence.worlds)
+        self.now = T0 + 5 * timedelta(days=1)
+        self.databases: list[str] = []
+        self.twins: Twins | None = None
         self.sims: list[str] = []
         self.first_use_sims: list[str] = []
         self.provisioned: dict[str, datetime] = {}
@@ -198,16 +199,17 @@ class RestartEquivalence(RuleBasedStateMachine):
         self.steps: dict[str, int] = {}  # rules run, by name
         self.statuses: dict[str, int] = {}  # record statuses answered, by name
 
-    @property
-    def now(self) -> datetime:
-        return Clock.now
-
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run on the test's event loop, from hypothesis' thread."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=300)
 
+    @property
+    def both(self) -> Twins:
+        assert self.twins is not None, "set_up starts them"
+        return self.twins
+
     def same(self, service: str, method: str, request: Any) -> Answer:
-        return self.run(self.twins.same(service, method, request))
+        return self.run(self.both.same(service, method, request))
 
     def count(self, rule: str, answer: Answer | None = None) -> None:
         self.steps[rule] = self.steps.get(rule, 0) + 1
@@ -226,6 +228,17 @@ class RestartEquivalence(RuleBasedStateMachine):
 
     @initialize()
     def set_up(self) -> None:
+        async def start() -> Twins:
+            for role in ("reference", "subject"):
+                name = f"{self.template.removesuffix('_template')}_{role}_{uuid.uuid4().hex[:8]}"
+                self.databases.append(await create_database(self.server_url, self.template, name))
+            twins = Twins(
+                Service(self.databases[0], "30"), Service(self.databases[1], SUBJECT_CHECKPOINT_S)
+            )
+            await twins.start(self.now)
+            return twins
+
+        self.twins = self.run(start())
         for plan in plans(self.world):
             self.same("catalog", "PutPlan", c.PutPlanRequest(plan=plan))
         for name in ACCOUNTS:
@@ -263,6 +276,14 @@ class RestartEquivalence(RuleBasedStateMachine):
             f" clock {self.now:%Y-%m-%d %H:%M}, {len(self.sims)} SIMs,"
             f" records answered {self.statuses}"
         )
+
+        async def stop() -> None:
+            if self.twins is not None:
+                await self.twins.stop()
+            for url in self.databases:
+                await drop_database(self.server_url, url)
+
+        self.run(stop())
 
     # --- traffic -----------------------------------------------------------------------------
 
@@ -330,7 +351,7 @@ class RestartEquivalence(RuleBasedStateMachine):
         """The subject stopped `delay_ms` after a batch was sent to it; the batch sent again
         after its restart, as a mediation platform resends what was not acknowledged."""
         request = r.RateUsageRequest(records=self.records(data))
-        reference_service, subject_service = self.twins.reference, self.twins.subject
+        reference_service, subject_service = self.both.reference, self.both.subject
 
         async def on_reference() -> Answer:
             return await answer_of(reference_service.call("rating", "RateUsage", request))
@@ -340,8 +361,9 @@ class RestartEquivalence(RuleBasedStateMachine):
                 answer_of(subject_service.call("rating", "RateUsage", request))
             )
             await asyncio.sleep(delay_ms / 1000)  # a random instant, not a wait for a worker
-            await subject_service.stop(getattr(signal, f"SIG{sig}"))
+            await subject_service.signal(getattr(signal, f"SIG{sig}"))
             first = await sending
+            await subject_service.close()
             await subject_service.start(self.now)
             if first.code is grpc.StatusCode.OK:
                 return first
@@ -370,7 +392,7 @@ class RestartEquivalence(RuleBasedStateMachine):
 
     @rule(hours=st.sampled_from([1, 5, 24, 72, 24 * 5, 24 * 9]))
     def advance_clock(self, hours: int) -> None:
-        Clock.now += hours * HOUR
+        self.now += hours * HOUR
         request = k.AdvanceTimeRequest()
         request.to.FromDatetime(self.now)
         self.same("clock", "AdvanceTime", request)
@@ -431,8 +453,45 @@ class RestartEquivalence(RuleBasedStateMachine):
         async def wait() -> None:
             await asyncio.sleep(delay_ms / 1000)  # a random instant, not a wait for a worker
 
-        self.run(self.twins.restart_subject(self.now, getattr(signal, f"SIG{sig}"), wait))
+        self.run(self.both.restart_subject(self.now, getattr(signal, f"SIG{sig}"), wait))
         self.count(f"restart SIG{sig}")
+
+    @precondition(lambda self: bool(self.sims))
+    @rule(data=st.data(), table=st.sampled_from(["usage_aggregates", "usage_checkpoint"]))
+    def kill_during_a_checkpoint(self, data: st.DataObject, table: str) -> None:
+        """Kill the subject inside a checkpoint's transaction: `table` is locked against
+        writes in its database, a record makes a checkpoint due, and once the checkpoint
+        waits for the lock (its earlier writes made, uncommitted) the subject is killed."""
+        iccid = data.draw(st.sampled_from(self.sims), label="iccid")
+        self.records_drawn += 1
+        record = t.UsageRecord(
+            record_id=f"w{self.world}-r{self.records_drawn}",
+            iccid=iccid,
+            usage_type=t.USAGE_TYPE_SMS,
+            quantity=1,
+        )
+        record.event_time.FromDatetime(self.now)
+        self.sent[record.record_id] = record
+        subject = self.both.subject
+
+        async def kill() -> str:
+            conn = await asyncpg.connect(subject.database_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+                    answer = await self.both.same(
+                        "rating", "RateUsage", r.RateUsageRequest(records=[record])
+                    )
+                    if answer.response.results[0].status != t.RECORD_STATUS_RATED:
+                        return "no checkpoint due"
+                    await checkpoint_waiting_for_lock(conn)
+                    await subject.stop(signal.SIGKILL)
+            finally:
+                await conn.close()
+            await subject.start(self.now)
+            return "killed during a checkpoint"
+
+        self.count(self.run(kill()))
 
     # --- what both must answer alike after every step ----------------------------------------
 
@@ -454,6 +513,18 @@ class RestartEquivalence(RuleBasedStateMachine):
             self.same("billing", "ListInvoices", b.ListInvoicesRequest(account_id=account_id))
 
 
+async def checkpoint_waiting_for_lock(conn: asyncpg.Connection) -> None:
+    """Until another session of this database waits for a lock (the checkpoint, the only
+    writer of the locked tables here); at most 10 s."""
+    async with asyncio.timeout(10):
+        while not await conn.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()
+                     AND wait_event_type = 'Lock'"""
+        ):
+            pass  # each look-up is a round trip to the server: no busy loop
+
+
 def equivalence_seed() -> int:
     chosen = os.environ.get(SEED_VARIABLE, "").strip()
     return int(chosen) if chosen else random.SystemRandom().randrange(2**32)
@@ -464,14 +535,9 @@ async def test_restarts_change_no_answer_and_no_bill(server_url: str, template_d
     replay = f"{SEED_VARIABLE}={chosen}"
     print(f"restart equivalence seed {chosen}: replay with {replay}")
     examples = int(os.environ.get("RATING_EQUIVALENCE_EXAMPLES", "0")) or EXAMPLES
-    databases = []
-    for role in ("reference", "subject"):
-        name = f"{template_db.removesuffix('_template')}_{role}_{uuid.uuid4().hex[:8]}"
-        databases.append(await create_database(server_url, template_db, name))
-    twins = Twins(Service(databases[0], "30"), Service(databases[1], SUBJECT_CHECKPOINT_S))
-    Clock.now = T0 + 5 * timedelta(days=1)
     RestartEquivalence.loop = asyncio.get_running_loop()
-    RestartEquivalence.twins = twins
+    RestartEquivalence.server_url = server_url
+    RestartEquivalence.template = template_db
     RestartEquivalence.worlds = 0
     machine = seed(chosen)(RestartEquivalence)
     run_settings = settings(
@@ -482,14 +548,8 @@ async def test_restarts_change_no_answer_and_no_bill(server_url: str, template_d
         suppress_health_check=list(HealthCheck),
         database=None,
     )
-    await twins.start(Clock.now)
     try:
         await asyncio.to_thread(run_state_machine_as_test, machine, settings=run_settings)
     except BaseException as exc:
         exc.add_note(f"replay with {replay}")
         raise
-    finally:
-        await twins.stop()
-        for url in databases:
-            await drop_database(server_url, url)
-    print(f"  subject started {twins.subject.starts} times")

@@ -73,16 +73,26 @@ class Service:
         self.starts += 1
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Stop the process with `sig`, then close the channel."""
+        code = await self.signal(sig)
+        await self.close()
+        return code
+
+    async def signal(self, sig: signal.Signals) -> int:
+        """Send `sig` and wait for the process to end; the channel stays open, so calls in
+        flight end as their connection does (UNAVAILABLE), not cancelled by a close."""
         assert self.process is not None and self.process.proc is not None
         if self.channel is None:  # it never served: nothing to stop gracefully
             self.process.proc.kill()
-            code = await asyncio.to_thread(self.process.proc.wait)
-        else:
-            code = await self.process.stop(sig)
+            return await asyncio.to_thread(self.process.proc.wait)
+        return await self.process.stop(sig)
+
+    async def close(self) -> None:
+        assert self.process is not None
+        if self.channel is not None:
             await self.channel.close()
         self.log.extend(self.process.log_lines)
         self.process = self.channel = self.stubs = None
-        return code
 
     def call(self, service: str, method: str, request: Any) -> Awaitable[Any]:
         assert self.stubs is not None, "the service is not running"
