@@ -64,10 +64,10 @@ from service.domain.model import (
     UsageType,
 )
 from service.domain.periods import period_containing
-from service.ingestion.engine import PeriodLookup
 from service.ingestion.records import Candidate, RecordResult, RecordStatus
 from service.ops.metrics import RpcMetrics
 from service.state.cache import SimUsage, StateCache, UsageCounters
+from service.state.periods import PeriodLookup
 from service.usecases.session_authorization import Authorization, DenyReason
 
 ROUNDS = 5  # alternating rounds per comparison; the lowest of each side is kept

@@ -10,7 +10,7 @@ and reports what each part of it costs:
    `StateCache.put_sims` in two forms: as `ProvisionSims` builds them (one instant and one
    account/plan id string per call of 10,000) and as a start loads them from PostgreSQL
    (rows with their own strings and instants, as the start's query returns them, through
-   `repository.sims_from_rows`);
+   `storage.sims.sims_from_rows`);
 2. one open period (2026-01) with usage for 90% of the SIMs, DATA, and for 10% also SMS,
    either counted through `UsageEngine` (check_all, plan_starts, apply: the persister's
    path, records with their own ICCID strings as gRPC decodes them) or restored as a start
@@ -51,7 +51,7 @@ from service.ingestion.engine import UsageEngine
 from service.ingestion.records import Candidate
 from service.ops.clock import TestClock
 from service.state.cache import StateCache
-from service.storage import repository
+from service.storage.sims import sims_from_rows
 
 ACCOUNTS = 100
 PERIOD = "2026-01"
@@ -120,7 +120,7 @@ def sims(count: int, loaded: bool) -> Iterator[Sim]:
             )
             for n in call
         ]
-        yield from repository.sims_from_rows(rows)
+        yield from sims_from_rows(rows)
 
 
 def new_cache(sim_count: int, loaded: bool) -> StateCache:

@@ -24,7 +24,7 @@ from bench.registry import THROUGHPUT_UNIT, Figure, VerificationFailed, benchmar
 from bench.workload import UsageRow, usage_rows
 from service.storage import database
 from service.storage.partitions import create_partitions
-from service.storage.repository import USAGE_COLUMNS
+from service.storage.usage_records import USAGE_COLUMNS
 
 TABLE = "usage_records"
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -46,6 +45,7 @@ from rating.v1 import (
     rating_service_pb2,
     rating_service_pb2_grpc,
 )
+from service import recovery
 from service.api.api_keys import Authenticator
 from service.api.billing import BillingServicer
 from service.api.catalog import CatalogServicer
@@ -53,8 +53,6 @@ from service.api.clock import ClockServicer
 from service.api.interceptor import ObservabilityInterceptor, ObservedHandlers
 from service.api.provisioning import ProvisioningServicer
 from service.api.rating import RatingServicer
-from service.domain.activation import is_charged
-from service.domain.errors import StorageUnavailable
 from service.domain.model import Sim
 from service.ingestion.engine import UsageEngine
 from service.ingestion.persister import Persister
@@ -65,7 +63,7 @@ from service.ops.settings import Settings
 from service.state.cache import StateCache
 from service.state.gauges import SimGauges, watch_cache_sizes
 from service.state.lock import StateLock
-from service.storage import database, repository
+from service.storage import database
 from service.usecases.billing import Billing
 from service.usecases.catalog import Catalog
 from service.usecases.provisioning import Provisioning
@@ -132,7 +130,6 @@ class Application:
         self._metrics_server: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._persister_task: asyncio.Task[None] | None = None
-        self._committed_seq = 0  # usage_records.seq of the last record loaded at start
         self._rating: RatingServicer | None = None
         # The one generic handler of the gRPC server: every method, wrapped by the
         # interceptor (bench.cold calls its handlers without gRPC).
@@ -158,7 +155,9 @@ class Application:
         self.engine = UsageEngine(self.cache, self.clock)
         self.engine.on_correction_rejected = self._correction_rejected
         with loading_heap():
-            await self._load_cache()
+            committed_seq = await recovery.load_cache(
+                self.pool, self.cache, self.engine, self.metrics
+            )
         self.persister = Persister(
             self.pool,
             self.engine,
@@ -167,7 +166,7 @@ class Application:
             state_lock,
             max_queued_batches=self.settings.persist_queue_batches,
             max_records_per_commit=self.settings.persist_max_records_per_commit,
-            committed_seq=self._committed_seq,
+            committed_seq=committed_seq,
         )
         # Every other holder of the state lock counts what the persister committed but has
         # not counted yet, right after entering (see StateLock).
@@ -232,105 +231,6 @@ class Application:
             sims=len(self.cache.sims),
             clock="test" if self.settings.test_clock else "system",
         )
-
-    async def _load_cache(self) -> None:
-        started = time.perf_counter()
-        # One snapshot: every table as of one instant (nothing else writes at start, but a
-        # cursor needs a transaction anyway).
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            for plan in await repository.load_plans(conn):
-                self.cache.put_plan(plan)
-            for account in await repository.load_accounts(conn):
-                self.cache.put_account(account)
-            self.cache.load_sims([s async for chunk in repository.load_sims(conn) for s in chunk])
-            self.cache.add_settled(await repository.settled_periods(conn))
-            sim_periods, replayed = await self._load_usage(conn)
-        log.info(
-            "cache loaded",
-            plans=len(self.cache.plans),
-            accounts=len(self.cache.accounts),
-            sims=len(self.cache.sims),
-            sim_periods=sim_periods,
-            replayed_records=replayed,
-            committed_seq=self._committed_seq,
-            seconds=round(time.perf_counter() - started, 3),
-        )
-
-    async def _load_usage(self, conn: asyncpg.Connection) -> tuple[int, int]:
-        """The last checkpoint's usage state of OPEN account-periods (no invoice), the
-        uncharged records and settled raw totals, then the records committed after the
-        checkpoint replayed (docs/storage.md). Returns (SIM-periods loaded, records
-        replayed). Settled periods are never read: their SIMs' totals are in
-        sim_settled_usage."""
-        cache, loaded = self.cache, 0
-        watermark = await repository.checkpoint_watermark(conn)
-        with_sims = [a for a in cache.accounts if cache.account_has_sims(a)]
-        for period in await repository.aggregate_periods(conn):
-            open_accounts = [a for a in with_sims if (a, period) not in cache.settled]
-            if open_accounts:
-                everyone = len(open_accounts) == len(with_sims)
-                async for rows in repository.period_aggregates(
-                    conn, period, None if everyone else open_accounts
-                ):
-                    loaded += cache.restore_period(period, rows)
-        cache.restore_uncharged(
-            self._uncharged_at(watermark, await repository.uncharged_rows(conn))
-        )
-        with_thresholds = [p.plan_id for p in cache.plans.values() if p.thresholds]
-        async for settled in repository.settled_usage(conn, with_thresholds):
-            cache.restore_settled_raw(settled)
-        self.engine.charge_restored_uncharged()
-        replayed, self._committed_seq = await self._replay(conn, watermark)
-        self.metrics.cache_loaded_sim_periods.set(loaded)
-        self.metrics.cache_replayed_records.set(replayed)
-        return loaded, replayed
-
-    def _uncharged_at(
-        self, watermark: int, rows: list[tuple[repository.UnchargedRow, int]]
-    ) -> list[repository.UnchargedRow]:
-        """The stored uncharged records as the checkpoint's state holds them: those with
-        seq <= watermark (the replay adds the later ones of open periods again), and those
-        of settled periods the current billing start does not charge (a settled period's
-        stored counters already hold the charged ones, and its records are not replayed)."""
-        cache, kept = self.cache, []
-        for row, seq in rows:
-            sim = cache.sims.get(row[0])
-            if sim is None:
-                continue
-            if (sim.account_id, row[5]) in cache.settled:
-                if not is_charged(row[1], sim.billing_started_at):
-                    kept.append(row)
-            elif seq <= watermark:
-                kept.append(row)
-        return kept
-
-    async def _replay(self, conn: asyncpg.Connection, watermark: int) -> tuple[int, int]:
-        """Count the records committed after `watermark` in open account-periods; returns
-        (records replayed, the last seq committed)."""
-        cache, last, replayed = self.cache, watermark, 0
-        sims, settled = cache.sims, cache.settled
-        batch: list[tuple[str, int, int, int, datetime, str]] = []
-        async for iccid, kind, quantity, rated, event_time, period, seq in repository.records_after(
-            conn, watermark
-        ):
-            last = seq
-            sim = sims.get(iccid)
-            if sim is None or (sim.account_id, period) in settled:
-                continue
-            batch.append((iccid, kind, quantity, rated, event_time, period))
-            if len(batch) >= 50_000:
-                replayed += self.engine.replay(batch)
-                batch.clear()
-        replayed += self.engine.replay(batch)
-        return replayed, last
-
-    async def _last_checkpoint(self, seconds: float) -> None:
-        """The counters as the drained persister left them, so the next start replays
-        nothing; if it cannot be written, the next start replays more."""
-        try:
-            await asyncio.wait_for(self.checkpoint.run_once(), seconds)
-        except (StorageUnavailable, TimeoutError) as exc:
-            log.warning("last checkpoint not written; the next start replays", error=repr(exc))
 
     def _watch_pool(self, pool: asyncpg.Pool) -> None:
         """The pool gauges, read at scrape time (asyncpg counts them; nothing per call)."""
@@ -497,7 +397,7 @@ class Application:
         if self._persister_task is not None:
             # Its own budget, beyond the grace: at 1,000,000 SIMs with usage it writes
             # 1,000,000 rows (~12 s); cut short, the next start replays those records.
-            await self._last_checkpoint(self.settings.shutdown_checkpoint_s)
+            await self.checkpoint.write_last(self.settings.shutdown_checkpoint_s)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

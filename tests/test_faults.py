@@ -40,8 +40,8 @@ from rating.v1 import types_pb2 as t
 from service.app import Application
 from service.domain.model import UsageType
 from service.ops.metrics import Metrics
+from service.storage.database import init_connection
 from service.storage.partitions import create_partitions, partition_name
-from service.storage.repository import init_connection
 from tests import conftest
 from tests.conftest import AppFactory
 from tests.support import ServerProcess, Stubs, data_plan, iccids

@@ -26,7 +26,7 @@ from service.domain.model import (
 from service.ingestion.engine import UsageEngine
 from service.ops.clock import TestClock
 from service.state.cache import StateCache
-from service.storage.repository import sims_from_rows
+from service.storage.sims import sims_from_rows
 from tests.support import T0
 from tests.support.builders import plan_p
 from tests.support.usage import replay

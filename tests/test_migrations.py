@@ -16,7 +16,8 @@ from service.domain.model import BillingStartReason, Sim, SimState, UsageType
 from service.domain.pricing import rated_quantity
 from service.ingestion.records import Candidate
 from service.ops.metrics import Metrics
-from service.storage import database, repository
+from service.storage import catalog, database, usage_records
+from service.storage.sims import insert_sims
 from tests.conftest import RUN_ID, _with_database
 from tests.conftest import test_settings as settings_for
 from tests.support import T0, Stubs
@@ -60,14 +61,14 @@ _USAGE_SELECT = (
 
 async def _unpartitioned_history(conn: asyncpg.Connection) -> dict[str, int]:
     """Plan P, account A, two SIMs billed from 2025-10, 300 records in each of 2025-10,
-    -11 and -12, written with the repository into the pre-0004 schema; the rated quantity
+    -11 and -12, written with the storage modules into the pre-0004 schema; the rated quantity
     stored per period."""
     plan = plan_p()
     now = datetime(2025, 10, 1, tzinfo=UTC)
-    await repository.insert_plan(conn, plan, now)
-    await repository.upsert_account(conn, account_a(commitment_schedule=()), now)
+    await catalog.insert_plan(conn, plan, now)
+    await catalog.upsert_account(conn, account_a(commitment_schedule=()), now)
     sims = [make_iccid(n) for n in (1, 2)]
-    await repository.insert_sims(
+    await insert_sims(
         conn,
         [
             Sim(sim, "A", "P", now, SimState.ACTIVE, now, BillingStartReason.IMMEDIATE)
@@ -93,7 +94,7 @@ async def _unpartitioned_history(conn: asyncpg.Connection) -> dict[str, int]:
                 )
             )
             rated[period] = rated.get(period, 0) + rows[-1].rated_quantity
-    assert await repository.insert_usage(conn, rows) == rows
+    assert await usage_records.insert_usage(conn, rows) == rows
     return rated
 
 
@@ -108,7 +109,7 @@ async def test_partitioning_keeps_every_record_once_and_ingestion_works(
         conn = await asyncpg.connect(url)
         try:
             await database.migrate(conn, until=_BEFORE_PARTITIONING)
-            await repository.init_connection(conn)
+            await database.init_connection(conn)
             rated = await _unpartitioned_history(conn)
             before = await conn.fetch(_USAGE_SELECT)
         finally:
@@ -122,7 +123,7 @@ async def test_partitioning_keeps_every_record_once_and_ingestion_works(
             stubs = Stubs(channel)
             conn = await asyncpg.connect(url)
             try:
-                await repository.init_connection(conn)
+                await database.init_connection(conn)
                 assert await conn.fetch(_USAGE_SELECT) == before  # every record, once
                 assert (
                     await conn.fetchval(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.domain.periods import period_containing
-from service.ingestion.engine import PeriodLookup
+from service.state.periods import PeriodLookup
 from tests.support.builders import PROPERTY, account_a, utc
 
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Chatham")

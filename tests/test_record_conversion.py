@@ -13,7 +13,7 @@ from rating.v1 import types_pb2 as t
 from service.api.convert import record_from_proto, records_from_proto, time_to_proto
 from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY
 from service.ingestion.records import Candidate
-from service.storage.repository import USAGE_COLUMNS
+from service.storage.usage_records import USAGE_COLUMNS
 from tests.support.builders import PROPERTY
 
 _IDS = st.one_of(

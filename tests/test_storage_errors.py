@@ -19,7 +19,7 @@ import pytest
 
 from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
-from service.storage.repository import is_conflict, is_unavailable
+from service.storage.transactions import is_conflict, is_unavailable
 from tests.conftest import AppFactory
 from tests.support.billing import failure, settle, worked_example
 from tests.support.usage import account_with_sims, rate, record

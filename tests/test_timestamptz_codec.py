@@ -1,5 +1,5 @@
-"""The service's timestamptz codec (service.storage.repository) against asyncpg's own, through a
-real PostgreSQL: the same instants go in and come out, to the microsecond."""
+"""The service's timestamptz codec (service.storage.timestamptz_codec) against asyncpg's own,
+through a real PostgreSQL: the same instants go in and come out, to the microsecond."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import asyncpg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.storage.repository import decode_timestamptz, encode_timestamptz, init_connection
+from service.storage.database import init_connection
+from service.storage.timestamptz_codec import decode_timestamptz, encode_timestamptz
 
 ZONES = [UTC, timezone(timedelta(hours=5, minutes=30)), ZoneInfo("America/New_York")]
 

@@ -27,7 +27,8 @@ from service.ops.clock import Clock
 from service.ops.metrics import Metrics
 from service.state.cache import StateCache
 from service.state.lock import StateLock
-from service.storage import repository
+from service.storage import transactions
+from service.storage.sims import update_sims
 
 log = structlog.get_logger("activation")
 
@@ -37,7 +38,7 @@ _COMMIT_CHUNK = 10_000
 
 
 async def _update_sims(conn: asyncpg.Connection, *, sims: list[Sim]) -> None:
-    await repository.update_sims(conn, sims)
+    await update_sims(conn, sims)
 
 
 class ActivationWorker:
@@ -115,7 +116,7 @@ class ActivationWorker:
             for offset in range(0, len(due), _COMMIT_CHUNK):
                 chunk = due[offset : offset + _COMMIT_CHUNK]
                 try:
-                    await repository.retried(self._pool, partial(_update_sims, sims=chunk))
+                    await transactions.retried(self._pool, partial(_update_sims, sims=chunk))
                 except Exception:
                     for sim in due[offset:]:  # not committed: keep waiting, retry next run
                         assert sim.billing_started_at is not None

@@ -32,7 +32,7 @@ from service.ingestion.persister import Persister
 from service.ops.metrics import Metrics
 from service.state.cache import StateCache
 from service.state.lock import StateLock
-from service.storage import repository
+from service.storage import transactions, usage_state
 
 log = structlog.get_logger("checkpoint")
 
@@ -43,7 +43,7 @@ SNAPSHOT_CHUNK = 1_000  # SIMs whose counters are copied between two turns of th
 class Snapshot:
     watermark: int
     sims: set[str]  # the dirty SIMs whose counters `rows` holds
-    rows: list[repository.AggregateRow]
+    rows: list[usage_state.AggregateRow]
     started: set[str]  # the SIMs whose billing start was installed
     starts: list[tuple[str, datetime]]
 
@@ -82,6 +82,15 @@ class CheckpointWorker:
                 self._metrics.internal_errors.labels("checkpoint").inc()
                 log.exception("checkpoint failed")
 
+    async def write_last(self, seconds: float) -> None:
+        """At stop, once the persister is drained: the counters as it left them, so the
+        next start replays nothing; if they cannot be written within `seconds`, the next
+        start replays more (service.recovery)."""
+        try:
+            await asyncio.wait_for(self.run_once(), seconds)
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("last checkpoint not written; the next start replays", error=repr(exc))
+
     async def run_once(self) -> int | None:
         """Write one checkpoint (nothing if nothing changed since the last one); its
         watermark, or None if skipped (records in doubt)."""
@@ -100,12 +109,12 @@ class CheckpointWorker:
                 return self._written  # nothing changed since the last one
             locked = time.perf_counter() - started
             try:
-                async with repository.transaction(self._pool) as conn:
-                    await repository.write_checkpoint(
+                async with transactions.transaction(self._pool) as conn:
+                    await usage_state.write_checkpoint(
                         conn, snapshot.rows, snapshot.starts, snapshot.watermark
                     )
             except BaseException:
-                # Outages arrive as StorageUnavailable (repository.transaction); either way
+                # Outages arrive as StorageUnavailable (transactions.transaction); either way
                 # the SIMs are marked again, for the next checkpoint.
                 self._cache.mark_again(snapshot.sims, snapshot.started)
                 self._metrics.checkpoints.labels("failed").inc()
@@ -138,7 +147,7 @@ class CheckpointWorker:
         cache = self._cache
         # Taken at once and put back if cancelled while copying: every mark stays in place.
         sims, started = cache.take_marks()
-        rows: list[repository.AggregateRow] = []
+        rows: list[usage_state.AggregateRow] = []
         pending = list(sims)
         try:
             for first in range(0, len(pending), SNAPSHOT_CHUNK):

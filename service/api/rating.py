@@ -13,11 +13,11 @@ from rating.v1 import types_pb2 as types_pb
 from service.api import convert
 from service.domain.errors import InvalidArgument, Overloaded, ShuttingDown
 from service.domain.model import UsageRecord, UsageType
-from service.ingestion.engine import PeriodLookup
 from service.ingestion.persister import Persister
 from service.ingestion.records import InvalidRecord, RecordResult
 from service.ops.clock import Clock
 from service.state.cache import StateCache
+from service.state.periods import PeriodLookup
 from service.usecases.session_authorization import authorize
 from service.usecases.sim_status import sim_view
 

@@ -21,7 +21,8 @@ from rich.table import Table
 
 from rating.v1 import types_pb2 as t
 from service.domain.model import Invoice
-from service.storage import repository
+from service.storage.database import init_connection
+from service.storage.invoices import fetch_invoice
 from service.usecases.invoice_export import (
     CSV_COLUMNS,
     decimal_amount,
@@ -77,8 +78,8 @@ async def export_from_database(url: str, account_id: str, period: str, fmt: str)
     """The stored invoice with its per-SIM breakdown, or None if the period is not settled."""
     conn = await asyncpg.connect(url)
     try:
-        await repository.init_connection(conn)
-        invoice: Invoice | None = await repository.fetch_invoice(conn, account_id, period)
+        await init_connection(conn)
+        invoice: Invoice | None = await fetch_invoice(conn, account_id, period)
     finally:
         await conn.close()
     if invoice is None:

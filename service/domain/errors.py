@@ -11,13 +11,14 @@ RatingError
 └── InternalFailure      a failure reported where it happened      -> INTERNAL
 
 
-Database failures: only those `repository.is_unavailable` names (SQLSTATE classes 08 and
-53, 57P0x, a lost or refused connection, a timeout) are `StorageUnavailable`. A
-serialization failure or deadlock (40001, 40P01) reruns the transaction a few times
-(`repository.retried`) and is an ordinary failure after that. Any other database error (a
-violated constraint, a data error) is a bug: the caller gets INTERNAL, never UNAVAILABLE
-(which it would retry forever), and the service logs it with its traceback and counts it
-in `rating_internal_errors_total{operation}`. Any unexpected exception is INTERNAL too.
+Database failures: only those `storage.transactions.is_unavailable` names (SQLSTATE
+classes 08 and 53, 57P0x, a lost or refused connection, a timeout) are
+`StorageUnavailable`. A serialization failure or deadlock (40001, 40P01) reruns the
+transaction a few times (`transactions.retried`) and is an ordinary failure after that.
+Any other database error (a violated constraint, a data error) is a bug: the caller gets
+INTERNAL, never UNAVAILABLE (which it would retry forever), and the service logs it with
+its traceback and counts it in `rating_internal_errors_total{operation}`. Any unexpected
+exception is INTERNAL too.
 """
 
 from __future__ import annotations

@@ -16,9 +16,8 @@ Nothing here touches the database, so the cache only ever shows committed record
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -53,45 +52,14 @@ from service.ingestion.records import (
 )
 from service.ops.clock import Clock
 from service.state.cache import StateCache, UnchargedRecord, UsageCounters
-from service.storage.repository import UnchargedRow
+from service.state.periods import PeriodLookup
+from service.storage.usage_state import UnchargedRow
 
 log = structlog.get_logger("usage")
 
 _FUTURE_DETAIL = (
     f"event_time more than {CLOCK_SKEW_TOLERANCE // timedelta(minutes=1)} minutes ahead"
 )
-
-
-class PeriodLookup:
-    """period_containing() for many records: remembers each account's recent periods."""
-
-    def __init__(self) -> None:
-        # By account id, with the Account the periods were computed for: an updated account
-        # (a new object) starts afresh. Hashing the frozen Account itself would be slow.
-        self._known: dict[str, tuple[Account, list[tuple[datetime, datetime, str]]]] = {}
-
-    def name(self, account: Account, instant: datetime) -> str:
-        return self.find(account, instant)[2]
-
-    def find(self, account: Account, instant: datetime) -> tuple[datetime, datetime, str]:
-        """(start, end, name) of the account's period containing `instant`, the bounds in
-        UTC: the instants compared with them (event times, the clock) are in UTC, and two
-        datetimes in different time zones compare through both zones' utcoffset(): 0.6-1.7 us
-        a comparison, against ~0.005 us in one zone (docs/performance.md, "Fifth round")."""
-        entry = self._known.get(account.account_id)
-        if entry is None or entry[0] is not account:
-            entry = self._known[account.account_id] = (account, [])
-        known = entry[1]
-        for bounds in known:
-            if bounds[0] <= instant < bounds[1]:
-                return bounds
-        period = period_containing(instant, account.timezone, account.billing_day)
-        # Interned, as SimUsage's counters hold it: matching a period is an identity test.
-        bounds = (period.start.astimezone(UTC), period.end.astimezone(UTC), sys.intern(period.name))
-        known.append(bounds)
-        if len(known) > 24:
-            del known[0]
-        return bounds
 
 
 class UsageEngine:

@@ -11,7 +11,7 @@ docs/storage.md). Only after the commit does it count them in the cache and answ
 callers, so an acknowledged record is always in PostgreSQL. If the commit fails because
 PostgreSQL is unavailable, every caller of the group gets `StorageUnavailable` and nothing
 is counted: retrying is safe because record ids are idempotency keys. A serialization
-failure or deadlock reruns the transaction (`repository.retried`). Any other failure (a
+failure or deadlock reruns the transaction (`transactions.retried`). Any other failure (a
 violated constraint, a bug) fails the group's callers with INTERNAL, is logged with its
 traceback and counted (`rating_internal_errors_total{operation="persister"}`); nothing of
 the group is stored or counted, and the persister goes on with the next group.
@@ -66,8 +66,9 @@ from service.ingestion.records import (
 from service.ops.clock import Clock
 from service.ops.metrics import Metrics
 from service.state.lock import StateLock
-from service.storage import repository
+from service.storage import transactions, usage_records, usage_state
 from service.storage.partitions import UsagePartitions
+from service.storage.sims import update_sims
 
 log = structlog.get_logger("persister")
 
@@ -337,27 +338,27 @@ class Persister:
             # Before the insert: a record stored by an in-doubt commit is not new now.
             recovered = await self._recover_in_doubt(conn)
             # Before the insert too: a closed id is counted only if stored BEFORE the group.
-            counted_closed = await repository.stored_keys(conn, closed) if closed else set()
-            inserted = await repository.insert_usage(conn, list(first.values())) if first else []
+            counted_closed = await usage_records.stored_keys(conn, closed) if closed else set()
+            inserted = await usage_records.insert_usage(conn, list(first.values())) if first else []
             new = recovered + inserted if recovered else inserted
             # At least the seq of every record counted once this commits (the in-doubt ones
             # included): the watermark a checkpoint may take (workers.checkpoint).
-            seq = await repository.last_usage_seq(conn) if new else self.committed_seq
+            seq = await usage_records.last_usage_seq(conn) if new else self.committed_seq
             if counting is not None:
                 await counting
             moved = self._engine.plan_starts(new)
             if moved:
-                await repository.update_sims(conn, moved.values())
+                await update_sims(conn, moved.values())
             # Only what this commit inserted: an in-doubt commit's records that were stored
             # brought their uncharged ones with them.
             uncharged = self._engine.uncharged_of(inserted, moved)
             if uncharged:
-                await repository.insert_uncharged(conn, uncharged, seq)
+                await usage_state.insert_uncharged(conn, uncharged, seq)
             committing = True  # leaving the transaction sends COMMIT
             return counted_closed, moved, seq
 
         try:
-            counted_closed, moved, seq = await repository.retried(self._pool, write)
+            counted_closed, moved, seq = await transactions.retried(self._pool, write)
         except StorageUnavailable:
             # Only a lost connection leaves the outcome of a COMMIT unknown; any error the
             # server answered means the transaction was rolled back.
@@ -374,8 +375,8 @@ class Persister:
     async def _recover_in_doubt(self, conn: asyncpg.Connection) -> list[Candidate]:
         if not self._in_doubt:
             return []
-        await repository.end_server_processes(conn, self._in_doubt_pids)
-        stored = await repository.stored_keys(conn, list(self._in_doubt))
+        await transactions.end_server_processes(conn, self._in_doubt_pids)
+        stored = await usage_records.stored_keys(conn, list(self._in_doubt))
         if stored:
             log.warning("counting records of a commit whose answer was lost", records=len(stored))
         return [c for key, c in self._in_doubt.items() if key in stored]

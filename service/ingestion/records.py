@@ -48,7 +48,7 @@ class Candidate(NamedTuple):
     """A record that passed every check and waits for its commit.
 
     It is the record's usage_records row: the fields are the table's columns in order
-    (`repository.USAGE_COLUMNS`, checked by a test), so the persister COPYs candidates as
+    (`storage.usage_records.USAGE_COLUMNS`, checked by a test), so the persister COPYs candidates as
     they are.
     """
 

@@ -24,7 +24,7 @@ import asyncpg
 
 from service.domain.errors import StorageUnavailable
 from service.domain.periods import is_period_name
-from service.storage.repository import storage_errors
+from service.storage.transactions import storage_errors
 
 PARENT = "usage_records"
 _PREFIX = "usage_records_p"

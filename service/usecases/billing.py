@@ -1,7 +1,7 @@
 """Billing use cases: bill previews, settling a period into an invoice, reading invoices.
 
 Settling computes the invoice (pure `compute_invoice`) from the facts stored in
-PostgreSQL (`repository.period_facts`: SIMs, usage aggregates, the records after the
+PostgreSQL (`usage_state.period_facts`: SIMs, usage aggregates, the records after the
 last checkpoint) and commits it with the period's final aggregate rows in ONE
 transaction, all under the shared state lock: no usage record, billing start or
 termination of that period can be committed between computing the invoice and closing
@@ -33,7 +33,7 @@ from service.ops.clock import Clock
 from service.ops.metrics import Metrics
 from service.state.cache import StateCache
 from service.state.lock import StateLock
-from service.storage import repository
+from service.storage import invoices, transactions, usage_state
 
 log = structlog.get_logger("billing")
 
@@ -84,8 +84,8 @@ class Billing:
     async def list(self, account_id: str) -> list[Invoice]:
         """Settled invoices of the account, oldest period first."""
         self._account(account_id)
-        async with repository.storage_errors(), self._pool.acquire() as conn:
-            return await repository.list_invoices(conn, account_id)
+        async with transactions.storage_errors(), self._pool.acquire() as conn:
+            return await invoices.list_invoices(conn, account_id)
 
     # --- settlement ------------------------------------------------------------------------------
 
@@ -197,17 +197,17 @@ class Billing:
         ) -> tuple[Invoice, bool, list[SimPeriodFacts]]:
             # Inside the state lock: every committed record is in usage_records, none is
             # being committed, so the stored state is complete (docs/settlement.md).
-            facts = await repository.period_facts(conn, account.account_id, period.name)
+            facts = await usage_state.period_facts(conn, account.account_id, period.name)
             computed = _invoice(account, plans, period, facts, final=True, settled_at=now)
-            stored, created = await repository.insert_invoice(conn, computed)
+            stored, created = await invoices.insert_invoice(conn, computed)
             if created:
                 # The period's counters as invoiced, final; their raw totals join the SIMs'.
-                rows = repository.facts_rows(period.name, facts)
-                await repository.write_aggregates(conn, rows, repository.SETTLED_SEQ)
-                await repository.fold_settled_usage(conn, account.account_id, period.name)
+                rows = usage_state.facts_rows(period.name, facts)
+                await usage_state.write_aggregates(conn, rows, usage_state.SETTLED_SEQ)
+                await usage_state.fold_settled_usage(conn, account.account_id, period.name)
             return stored, created, facts
 
-        stored, created, facts = await repository.retried(self._pool, store)
+        stored, created, facts = await transactions.retried(self._pool, store)
         if created:
             self._check_memory(account, period, facts, in_memory)
         return stored, created
@@ -237,8 +237,8 @@ class Billing:
         )
 
     async def _stored(self, account_id: str, period_name: str) -> Invoice:
-        async with repository.storage_errors(), self._pool.acquire() as conn:
-            invoice = await repository.fetch_invoice(conn, account_id, period_name)
+        async with transactions.storage_errors(), self._pool.acquire() as conn:
+            invoice = await invoices.fetch_invoice(conn, account_id, period_name)
         if invoice is None:
             raise NotFound(f"no invoice for account {account_id!r} period {period_name}")
         return invoice

@@ -12,7 +12,7 @@ from service.domain.validation import validate_account, validate_plan
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 from service.state.lock import StateLock
-from service.storage import repository
+from service.storage import catalog, transactions
 
 
 class Catalog:
@@ -38,8 +38,8 @@ class Catalog:
             existing = self._cache.plans.get(plan.plan_id)
             if existing is None:
                 # Not None only if an earlier call committed but its answer was lost.
-                existing = await repository.retried(
-                    self._pool, lambda conn: repository.insert_plan(conn, plan, self._clock.now())
+                existing = await transactions.retried(
+                    self._pool, lambda conn: catalog.insert_plan(conn, plan, self._clock.now())
                 )
                 self._cache.put_plan(existing or plan)
                 if existing is None:
@@ -62,8 +62,8 @@ class Catalog:
                         raise FailedPrecondition(
                             f"account.{name} cannot change once the account has SIMs"
                         )
-            await repository.retried(
-                self._pool, lambda conn: repository.upsert_account(conn, account, self._clock.now())
+            await transactions.retried(
+                self._pool, lambda conn: catalog.upsert_account(conn, account, self._clock.now())
             )
             self._cache.put_account(account)
             return existing is None

@@ -29,7 +29,8 @@ from service.domain.periods import next_period, period_containing
 from service.ops.clock import Clock
 from service.state.cache import StateCache
 from service.state.lock import StateLock
-from service.storage import repository
+from service.storage import transactions
+from service.storage.sims import fetch_sims, insert_sims, update_sims
 
 MAX_ICCIDS_PER_CALL = 10_000
 # Times a caller gives may run this far ahead of our clock (clock skew between systems).
@@ -116,13 +117,13 @@ class Provisioning:
         async def insert(conn: asyncpg.Connection) -> dict[str, Sim]:
             nonlocal committing
             committing = False
-            stored = await repository.fetch_sims(conn, doubtful) if doubtful else {}
-            await repository.insert_sims(conn, [s for s in sims if s.iccid not in stored])
+            stored = await fetch_sims(conn, doubtful) if doubtful else {}
+            await insert_sims(conn, [s for s in sims if s.iccid not in stored])
             committing = True  # leaving the transaction sends COMMIT
             return stored
 
         try:
-            stored = await repository.retried(self._pool, insert)
+            stored = await transactions.retried(self._pool, insert)
         except StorageUnavailable:
             if committing:
                 self._in_doubt.update(sim.iccid for sim in sims)
@@ -231,9 +232,7 @@ class Provisioning:
             changed = change(sim)
             if changed is sim:
                 return sim
-            await repository.retried(
-                self._pool, lambda conn: repository.update_sims(conn, [changed])
-            )
+            await transactions.retried(self._pool, lambda conn: update_sims(conn, [changed]))
             self._publish([changed])
             return changed
 

@@ -8,9 +8,9 @@ from typing import NamedTuple
 from service.domain.errors import InvalidArgument
 from service.domain.model import ActivationMode, SimState, UsageType
 from service.domain.pricing import estimate_charge, marginal_price, rated_quantity
-from service.ingestion.engine import PeriodLookup
 from service.ops.clock import Clock
 from service.state.cache import StateCache
+from service.state.periods import PeriodLookup
 
 
 class DenyReason(enum.Enum):

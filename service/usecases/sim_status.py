@@ -8,9 +8,9 @@ from typing import NamedTuple
 from service.domain.activation import activation_deadline, threshold_progress
 from service.domain.model import Sim, UsageType
 from service.domain.periods import period_containing
-from service.ingestion.engine import PeriodLookup
 from service.ops.clock import Clock
 from service.state.cache import StateCache
+from service.state.periods import PeriodLookup
 
 
 class SimView(NamedTuple):  # built at every GetSimStatus: cheaper than a frozen dataclass
