@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from hypothesis import settings
 
 from service.app import Application
 from service.ops.metrics import Metrics
@@ -23,6 +24,17 @@ from tests.support import T0, Stubs
 from tests.support.postgres import create_database, with_database
 
 RUN_ID = uuid.uuid4().hex[:8]
+
+# Property tests run five times as many examples in CI (CI=true) as the default a local
+# `make test` keeps; no per-example deadline there, a busy runner is not a slow rule.
+# HYPOTHESIS_PROFILE=ci (or default) chooses one anywhere.
+settings.register_profile("ci", max_examples=500, deadline=None)
+settings.load_profile(
+    os.environ.get(
+        "HYPOTHESIS_PROFILE",
+        "ci" if os.environ.get("CI", "").lower() == "true" else "default",
+    )
+)
 
 
 @pytest.fixture(scope="session")

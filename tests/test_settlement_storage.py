@@ -1,18 +1,24 @@
 """Settlement from PostgreSQL (docs/settlement.md, "Where an invoice's facts come from"):
-`usage_state.period_facts` reads an account-period's facts from the stored state alone
+`repository.period_facts` reads an account-period's facts from the stored state alone
 (SIMs, usage_aggregates, the records after the checkpoint, usage_uncharged), and they give
-the same invoice as the facts in memory, through the same pure `compute_invoice`."""
+the same invoice as the facts in memory, through the same pure `compute_invoice`. Every
+record's answer (status, rated quantity, charged, started_billing) is the one DESIGN's rules
+give at the instant it is sent (tests/support/usage_state.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+from collections import Counter, defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, seed, settings, target
 from hypothesis import strategies as st
+from hypothesis.statistics import collector, describe_statistics
 
 from rating.v1 import catalog_service_pb2 as c
 from rating.v1 import provisioning_service_pb2 as p
@@ -21,22 +27,33 @@ from service.app import Application
 from service.domain.model import Invoice, Period, SimPeriodFacts
 from service.domain.periods import next_period, period_containing
 from service.domain.settlement import compute_invoice
-from service.storage import invoices, usage_state
+from service.storage import repository
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
 from tests.support.billing import advance, preview, put_account, settle, step, terminate
 from tests.support.builders import EUR, PROPERTY
 from tests.support.usage import rate, record
-from tests.support.usage_state import expected_state, stored_state
+from tests.support.usage_state import (
+    FIRST_USE_START,
+    PlanRules,
+    billing_start,
+    counted,
+    expected_state,
+    rated,
+    stored_state,
+)
 
 T = TypeVar("T")
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+SEED_VARIABLE = "RATING_SETTLEMENT_SEED"
 
 
 def plans() -> list[t.Plan]:
-    """IMMEDIATE per-SIM, IMMEDIATE pooled with SMS, FIRST_USE with a short grace, and
-    WHEN_USED: every way a record can be charged or not, and an allowance shared or not."""
+    """IMMEDIATE per-SIM, IMMEDIATE pooled with SMS, FIRST_USE with a short grace, FIRST_USE
+    on any data use without a deadline (its start set, and moved by late records, often),
+    and WHEN_USED: every way a record can be charged or not, and an allowance shared or
+    not."""
     own = data_plan("SP-OWN")
     pooled = data_plan("SP-POOL")
     pooled.usage_rates[0].pooled = True
@@ -52,8 +69,9 @@ def plans() -> list[t.Plan]:
         )
     )
     first_use = first_use_plan("SP-FU", grace_days=12, threshold=1_500_000)
+    any_use = first_use_plan("SP-ANY", grace_days=0, threshold=1)
     used = data_plan("SP-USED", billing_mode=t.BILLING_MODE_WHEN_USED)
-    return [own, pooled, first_use, used]
+    return [own, pooled, first_use, any_use, used]
 
 
 PLAN_IDS = [plan.plan_id for plan in plans()]
@@ -80,25 +98,31 @@ class Scenario:
     timezone: str
 
 
-usage_strategy = st.builds(
-    Usage,
-    sim=st.integers(0, 3),
-    period=st.sampled_from([0, 0, 1]),
-    at=st.floats(0.0, 0.95),
-    late=st.one_of(st.just(0.0), st.floats(0.0, 0.5)),
-    quantity=st.one_of(st.integers(0, 900_000), st.integers(0, 2_500_000)),
-    sms=st.booleans(),
-)
+def usage_strategy(sims: int) -> st.SearchStrategy[Usage]:
+    return st.builds(
+        Usage,
+        sim=st.integers(0, sims - 1),
+        period=st.sampled_from([0, 0, 1]),
+        at=st.floats(0.0, 0.95),
+        late=st.one_of(st.just(0.0), st.floats(0.0, 0.5)),
+        # Quantities either side of SP-FU's threshold (1,500,000) as often as any others.
+        quantity=st.one_of(
+            st.integers(0, 900_000),
+            st.integers(0, 2_500_000),
+            st.sampled_from([800_000, 1_600_000]),
+        ),
+        sms=st.booleans(),
+    )
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
     count = draw(st.integers(1, 4))
-    usage = draw(st.lists(usage_strategy, max_size=14))
+    usage = draw(st.lists(usage_strategy(count), max_size=14))
     return Scenario(
         # FIRST_USE twice as likely: its starts are what moves between checkpoints.
         sims=draw(st.lists(st.sampled_from([*PLAN_IDS, "SP-FU"]), min_size=count, max_size=count)),
-        usage=[u for u in usage if u.sim < count],
+        usage=usage,
         terminations=draw(
             st.dictionaries(st.integers(0, count - 1), st.floats(0.05, 0.9), max_size=2)
         ),
@@ -111,7 +135,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 # A FIRST_USE SIM's record below the threshold is checkpointed as uncharged; a late record
 # before it then makes it the first use: the stored row holds a record the SIM's billing
-# start now charges (the third part of usage_state.period_facts). Rare in random draws.
+# start now charges (the third part of repository.period_facts). Rare in random draws.
 MOVED_START = Scenario(
     sims=["SP-FU", "SP-POOL"],
     usage=[
@@ -127,16 +151,36 @@ MOVED_START = Scenario(
     timezone="UTC",
 )
 
+# Issue 20's case without a restart: a FIRST_USE SIM's record below its threshold, the grace
+# period ends (billing starts at the deadline: 12 days, before 0.55 of any period), then a
+# late record before it that reaches the threshold at it: the start moves back from the
+# deadline to that record. And a SIM billing on any data use whose first record is followed
+# by an earlier one: the start moves to the later-sent, earlier record.
+LATE_AFTER_GRACE = Scenario(
+    sims=["SP-FU", "SP-ANY"],
+    usage=[
+        Usage(sim=0, period=0, at=0.2, late=0.0, quantity=800_000, sms=False),
+        Usage(sim=0, period=0, at=0.1, late=0.45, quantity=800_000, sms=False),
+        Usage(sim=1, period=0, at=0.3, late=0.0, quantity=10, sms=False),
+        Usage(sim=1, period=0, at=0.25, late=0.1, quantity=10, sms=False),
+    ],
+    terminations={},
+    checkpoints={1, 3},
+    commitment=None,
+    billing_day=15,
+    timezone="UTC",
+)
+
 
 async def facts_both_ways(
     app: Application, account_id: str, period: str
 ) -> tuple[list[SimPeriodFacts], list[SimPeriodFacts]]:
     """(memory's, PostgreSQL's) facts of the account-period, read under the state lock:
     every committed record is counted in memory and none is being committed."""
-    async with app.state_lock:
+    async with counted(app):
         memory = app.cache.period_facts(account_id, period)
         async with app.pool.acquire() as conn, conn.transaction():
-            stored = await usage_state.period_facts(conn, account_id, period)
+            stored = await repository.period_facts(conn, account_id, period)
     return sorted(memory, key=lambda f: f.iccid), stored
 
 
@@ -162,6 +206,14 @@ class Example:
         self.app, self.stubs, self.scenario = app, stubs, scenario
         self.account_id = f"SP{number}"
         self.sims = iccids(10_000 + 10 * number, len(scenario.sims))
+        self.rules = {plan.plan_id: PlanRules.from_proto(plan) for plan in plans()}
+        self.plan_of = dict(zip(self.sims, scenario.sims, strict=True))
+        self.provisioned_at = T0
+        self.accepted: defaultdict[str, list[tuple[datetime, int, int]]] = defaultdict(list)
+        self.terminated: dict[str, datetime] = {}
+        # What the records' answers showed: how many were charged, refused, started billing
+        # by first use, moved a billing start earlier (late records).
+        self.seen: Counter[str] = Counter()
 
     async def run(self) -> None:
         s, app, stubs = self.scenario, self.app, self.stubs
@@ -169,6 +221,7 @@ class Example:
         p0 = next_period(period_containing(app.clock.now(), tz, day), tz, day)
         p1 = next_period(p0, tz, day)
         await advance(stubs, p0.start)
+        self.provisioned_at = p0.start
         schedule = []
         if s.commitment is not None:
             schedule.append(step(p0.name, s.commitment[0], "SP-OWN", s.commitment[1] * EUR))
@@ -211,10 +264,43 @@ class Example:
     async def _send(self, n: int, one: t.UsageRecord) -> None:
         if n in self.scenario.checkpoints:
             await self.app.checkpoint.run_once()
-        await rate(self.stubs, one)
+        [result] = await rate(self.stubs, one)
+        got = (result.status, result.rated_quantity, result.charged, result.started_billing)
+        assert got == self._expected(one), one
+
+    def _expected(self, one: t.UsageRecord) -> tuple[int, int, bool, bool]:
+        """(status, rated quantity, charged, started_billing) the record must get now: the
+        SIM's billing start recomputed from its records accepted so far (this one too) at
+        the service's clock, by DESIGN "Activation"."""
+        iccid, when = one.iccid, one.event_time.ToDatetime(tzinfo=UTC)
+        plan = self.rules[self.plan_of[iccid]]
+        terminated = self.terminated.get(iccid)
+        if terminated is not None and when >= terminated:
+            self.seen["refused"] += 1
+            return t.RECORD_STATUS_AFTER_TERMINATION, 0, False, False
+        now, records = self.app.clock.now(), self.accepted[iccid]
+        before = billing_start(plan, self.provisioned_at, terminated, records, now)
+        records.append((when, one.usage_type, one.quantity))
+        after = billing_start(plan, self.provisioned_at, terminated, records, now)
+        charged = after is not None and when >= after[0]
+        by_first_use = after is not None and after != before and after[1] == FIRST_USE_START
+        moved = before is not None and after is not None and after[0] < before[0]
+        self.seen.update(
+            name
+            for name, seen in (("charged", charged), ("first use", by_first_use), ("moved", moved))
+            if seen
+        )
+        started = by_first_use and after is not None and after[0] == when
+        return (
+            t.RECORD_STATUS_RATED,
+            rated(one.quantity, plan.rates.get(one.usage_type)),
+            charged,
+            started,
+        )
 
     async def _terminate(self, iccid: str, when: datetime) -> None:
         await terminate(self.stubs, iccid, when)
+        self.terminated[iccid] = when
 
     async def _compare(self, period: Period) -> None:
         memory, stored = await facts_both_ways(self.app, self.account_id, period.name)
@@ -226,12 +312,12 @@ class Example:
     async def _settle(self, period: Period) -> None:
         """Settle through the API: the stored invoice (computed from PostgreSQL) is the one
         memory's facts give, SIM breakdown included, and the check found no difference."""
-        async with self.app.state_lock:
+        async with counted(self.app):
             memory = self.app.cache.period_facts(self.account_id, period.name)
         before = mismatches(self.app)
         await settle(self.stubs, period.name, self.account_id)
         async with self.app.pool.acquire() as conn:
-            stored = await invoices.fetch_invoice(conn, self.account_id, period.name)
+            stored = await repository.fetch_invoice(conn, self.account_id, period.name)
         assert stored is not None
         account = self.app.cache.accounts[self.account_id]
         expected = compute_invoice(
@@ -243,6 +329,12 @@ class Example:
 
 def on_loop(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=120)
+
+
+def property_seed() -> int:
+    """The seed of this run: RATING_SETTLEMENT_SEED when set (a replay), else a fresh one."""
+    chosen = os.environ.get(SEED_VARIABLE, "").strip()
+    return int(chosen) if chosen else random.SystemRandom().randrange(2**32)
 
 
 async def test_invoices_from_postgresql_equal_invoices_from_memory(
@@ -258,20 +350,65 @@ async def test_invoices_from_postgresql_equal_invoices_from_memory(
     One server for all examples, each on a fresh account and SIMs from the first period
     after the test clock's now. hypothesis runs in a worker thread and hands each scenario
     to the server's event loop; a failure is reported and shrunk the hypothesis way (the
-    falsifying scenario, and `print_blob` for `@reproduce_failure`)."""
+    falsifying scenario, and `print_blob` for `@reproduce_failure`). Every run draws a
+    fresh seed and prints it; RATING_SETTLEMENT_SEED=N replays it. A quarter of the
+    profile's examples: 25 by default, more under the `ci` profile (tests/conftest.py).
+    The hypothesis statistics printed at the end (hypothesis.event) show how many examples
+    charged usage, set a billing start by first use or moved one earlier; hypothesis
+    targets the last two. The run must have shown each (the explicit examples are there
+    for the last two), and its generated examples must have charged usage."""
+    chosen = property_seed()
+    replay = f"{SEED_VARIABLE}={chosen}"
+    print(f"settlement property seed {chosen}: replay with {replay}")
     app, stubs = await start_app(clock_start=T0)
     for plan in plans():
         await stubs.catalog.PutPlan(c.PutPlanRequest(plan=plan))
     loop = asyncio.get_running_loop()
     examples = iter(range(1_000_000))
+    shown: Counter[str] = Counter()  # examples that showed each
+    generated: Counter[str] = Counter()  # of them, those hypothesis generated
 
-    @settings(PROPERTY, max_examples=25, print_blob=True)
+    @seed(chosen)
+    @settings(PROPERTY, max_examples=settings().max_examples // 4, print_blob=True)
     @given(scenarios())
     @example(MOVED_START)
+    @example(LATE_AFTER_GRACE)
     def check(scenario: Scenario) -> None:
-        on_loop(loop, Example(app, stubs, next(examples), scenario).run())
+        run = Example(app, stubs, next(examples), scenario)
+        on_loop(loop, run.run())
+        for name, label in (
+            ("charged", "records charged"),
+            ("first use", "a billing start set or moved by first use"),
+            ("moved", "a billing start moved earlier by a late record"),
+            ("refused", "records refused after termination"),
+        ):
+            event(f"{label}: {'yes' if run.seen[name] else 'no'}")
+        target(float(run.seen["moved"]), label="billing starts moved earlier")
+        target(float(run.seen["first use"]), label="billing starts set by first use")
+        shown.update(name for name in run.seen if run.seen[name])
+        if scenario not in (MOVED_START, LATE_AFTER_GRACE):
+            generated.update(name for name in run.seen if run.seen[name])
 
-    await asyncio.to_thread(check)
+    statistics: list[str] = []
+
+    def collect(found: Any) -> None:
+        statistics.append(describe_statistics(found))
+
+    def check_with_statistics() -> None:
+        # hypothesis hands a run's statistics (its events) to this collector when it is done;
+        # typed as holding None only, its default.
+        with collector.with_value(collect):  # type: ignore[arg-type]
+            check()
+
+    try:
+        await asyncio.to_thread(check_with_statistics)
+    except Exception as exc:
+        exc.add_note(f"settlement property seed {chosen}: replay with {replay}")
+        raise
+    print("\n".join(statistics))
+    print(f"examples that showed each: {dict(shown)}; generated ones: {dict(generated)}")
+    assert shown["first use"] > 0 and shown["moved"] > 0, shown
+    assert generated["charged"] > 0, generated
     assert mismatches(app) == 0
     await app.checkpoint.run_once()
     async with app.pool.acquire() as conn:
