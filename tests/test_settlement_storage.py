@@ -1,5 +1,5 @@
 """Settlement from PostgreSQL (docs/settlement.md, "Where an invoice's facts come from"):
-`repository.period_facts` reads an account-period's facts from the stored state alone
+`usage_state.period_facts` reads an account-period's facts from the stored state alone
 (SIMs, usage_aggregates, the records after the checkpoint, usage_uncharged), and they give
 the same invoice as the facts in memory, through the same pure `compute_invoice`. Every
 record's answer (status, rated quantity, charged, started_billing) is the one DESIGN's rules
@@ -27,7 +27,7 @@ from service.app import Application
 from service.domain.model import Invoice, Period, SimPeriodFacts
 from service.domain.periods import next_period, period_containing
 from service.domain.settlement import compute_invoice
-from service.storage import repository
+from service.storage import invoices, usage_state
 from tests.conftest import AppFactory
 from tests.support import T0, Stubs, data_plan, first_use_plan, iccids
 from tests.support.billing import advance, preview, put_account, settle, step, terminate
@@ -135,7 +135,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 # A FIRST_USE SIM's record below the threshold is checkpointed as uncharged; a late record
 # before it then makes it the first use: the stored row holds a record the SIM's billing
-# start now charges (the third part of repository.period_facts). Rare in random draws.
+# start now charges (the third part of usage_state.period_facts). Rare in random draws.
 MOVED_START = Scenario(
     sims=["SP-FU", "SP-POOL"],
     usage=[
@@ -180,7 +180,7 @@ async def facts_both_ways(
     async with counted(app):
         memory = app.cache.period_facts(account_id, period)
         async with app.pool.acquire() as conn, conn.transaction():
-            stored = await repository.period_facts(conn, account_id, period)
+            stored = await usage_state.period_facts(conn, account_id, period)
     return sorted(memory, key=lambda f: f.iccid), stored
 
 
@@ -317,7 +317,7 @@ class Example:
         before = mismatches(self.app)
         await settle(self.stubs, period.name, self.account_id)
         async with self.app.pool.acquire() as conn:
-            stored = await repository.fetch_invoice(conn, self.account_id, period.name)
+            stored = await invoices.fetch_invoice(conn, self.account_id, period.name)
         assert stored is not None
         account = self.app.cache.accounts[self.account_id]
         expected = compute_invoice(
