@@ -40,6 +40,12 @@ it is still there.
 
 Shutdown: `stop()` refuses new batches (`ShuttingDown`); `run` commits what is still
 queued, counts its last group (answering its callers) and returns.
+
+The methods below follow a batch in the order it runs: `submit` (checked on arrival) ->
+`run` -> `_commit` (checked again if the state changed, one candidate per key) ->
+`_write` (the transaction, with the engine's billing start decisions) -> the counting
+(`_count_pending`, with the engine's `install_starts` and `count`) -> `_answer`;
+docs/architecture.md draws the whole path with the functions of each step.
 """
 
 from __future__ import annotations
@@ -223,30 +229,8 @@ class Persister:
         started = time.perf_counter()
         # Without count_committed(): the pending group is counted while this one is written.
         async with self._state_lock:
-            engine, version = self._engine, self._engine.state_version
-            checked = [
-                s.checked if s.version == version else engine.check_all(s.records) for s in group
-            ]
-            # The first candidate of each key (record id, period); a later one in the group is
-            # a DUPLICATE. So is a record refused as closed after a candidate of its key
-            # (stored by then, by this group or before it); one refused before any is a
-            # DUPLICATE only if its key was stored before the group (`closed`, looked up
-            # before the insert).
-            first: dict[tuple[str, str], Candidate] = {}
-            closed: list[tuple[str, str]] = []
-            repeated: set[int] = set()
-            for items in checked:
-                for item in items:
-                    if type(item) is Candidate:
-                        key = (item.record_id, item.period)
-                        if key not in first:
-                            first[key] = item
-                    elif type(item) is UnlessCounted:
-                        key = (item.refusal.record_id, item.period)
-                        if key in first:
-                            repeated.add(id(item))
-                        else:
-                            closed.append(key)
+            checked = self._checked_now(group)
+            first, closed, repeated = _first_of_each_key(checked)
             counting = (
                 asyncio.ensure_future(self._count_pending_gradually())
                 if self._pending is not None
@@ -270,51 +254,10 @@ class Persister:
             assert self._pending is None, "the previous group was counted before plan_starts"
             self._pending = Committed(group, checked, new, counted_closed, repeated, moved, started)
 
-    async def _count_pending_gradually(self) -> None:
-        while True:
-            if self._count_pending(COUNT_CHUNK):
-                return
-            await asyncio.sleep(0)  # let the event loop serve PostgreSQL, gRPC and callers
-
-    def count_committed(self) -> None:
-        """Count what is left of the committed group now (and answer its callers): called
-        by every holder of the state lock right after entering (see StateLock)."""
-        self._count_pending(None)
-
-    def _count_pending(self, limit: int | None = None) -> bool:
-        """Count up to `limit` more records of the pending group (all of it if None). Once
-        all are counted, answer its callers. True when nothing is pending any more."""
-        pending = self._pending
-        if pending is None:
-            return True
-        if pending.position == 0:
-            self._engine.install_starts(pending.moved)
-        end = len(pending.new) if limit is None else pending.position + limit
-        chunk = pending.new[pending.position : end]
-        pending.results += self._engine.count(chunk, pending.moved)
-        pending.position += len(chunk)
-        if pending.position < len(pending.new):
-            return False
-        self._pending = None
-        self._answer(pending)
-        return True
-
-    def _answer(self, committed: Committed) -> None:
-        new = committed.new
-        # By the identity of the candidate objects: a repeated id's later copies are not in it.
-        rated = dict(zip(map(id, new), committed.results, strict=True))
-        by_status: dict[RecordStatus, int] = {RecordStatus.RATED: len(new)} if new else {}
-        for submission, items in zip(committed.group, committed.checked, strict=True):
-            answers = self._answers(
-                items, rated, committed.counted_closed, committed.repeated, by_status
-            )
-            if not submission.future.done():
-                submission.future.set_result(answers)
-        self._count_quantities(new)
-        for status, count in by_status.items():
-            self._metrics.usage_records.labels(status.name).inc(count)
-        self._metrics.persist_batch_records.observe(sum(len(i) for i in committed.checked))
-        self._metrics.persist_batch_seconds.observe(time.perf_counter() - committed.started)
+    def _checked_now(self, group: list[Submission]) -> list[list[Checked]]:
+        """Each batch's checks, made again if the state changed since they were made."""
+        engine, version = self._engine, self._engine.state_version
+        return [s.checked if s.version == version else engine.check_all(s.records) for s in group]
 
     async def _write(
         self,
@@ -381,22 +324,51 @@ class Persister:
             log.warning("counting records of a commit whose answer was lost", records=len(stored))
         return [c for key, c in self._in_doubt.items() if key in stored]
 
-    def _fail(self, group: list[Submission], exc: StorageUnavailable) -> None:
-        self._metrics.persist_failures.inc()
-        log.warning("group commit failed; nothing acknowledged", batches=len(group), error=str(exc))
-        for submission in group:
-            if not submission.future.done():
-                submission.future.set_exception(StorageUnavailable(str(exc)))
+    async def _count_pending_gradually(self) -> None:
+        while True:
+            if self._count_pending(COUNT_CHUNK):
+                return
+            await asyncio.sleep(0)  # let the event loop serve PostgreSQL, gRPC and callers
 
-    def _fail_internal(self, group: list[Submission], exc: Exception) -> None:
-        self._metrics.persist_failures.inc()
-        self._metrics.internal_errors.labels("persister").inc()
-        log.error("group commit failed; nothing acknowledged", batches=len(group), exc_info=exc)
-        for submission in group:
+    def count_committed(self) -> None:
+        """Count what is left of the committed group now (and answer its callers): called
+        by every holder of the state lock right after entering (see StateLock)."""
+        self._count_pending(None)
+
+    def _count_pending(self, limit: int | None = None) -> bool:
+        """Count up to `limit` more records of the pending group (all of it if None). Once
+        all are counted, answer its callers. True when nothing is pending any more."""
+        pending = self._pending
+        if pending is None:
+            return True
+        if pending.position == 0:
+            self._engine.install_starts(pending.moved)
+        end = len(pending.new) if limit is None else pending.position + limit
+        chunk = pending.new[pending.position : end]
+        pending.results += self._engine.count(chunk, pending.moved)
+        pending.position += len(chunk)
+        if pending.position < len(pending.new):
+            return False
+        self._pending = None
+        self._answer(pending)
+        return True
+
+    def _answer(self, committed: Committed) -> None:
+        new = committed.new
+        # By the identity of the candidate objects: a repeated id's later copies are not in it.
+        rated = dict(zip(map(id, new), committed.results, strict=True))
+        by_status: dict[RecordStatus, int] = {RecordStatus.RATED: len(new)} if new else {}
+        for submission, items in zip(committed.group, committed.checked, strict=True):
+            answers = self._answers(
+                items, rated, committed.counted_closed, committed.repeated, by_status
+            )
             if not submission.future.done():
-                submission.future.set_exception(
-                    InternalFailure(f"storing usage failed: {exc.__class__.__name__}")
-                )
+                submission.future.set_result(answers)
+        self._count_quantities(new)
+        for status, count in by_status.items():
+            self._metrics.usage_records.labels(status.name).inc(count)
+        self._metrics.persist_batch_records.observe(sum(len(i) for i in committed.checked))
+        self._metrics.persist_batch_seconds.observe(time.perf_counter() - committed.started)
 
     @staticmethod
     def _answers(
@@ -438,3 +410,48 @@ class Persister:
             by_type[usage_type] = by_type.get(usage_type, 0) + candidate.quantity
         for usage_type, quantity in by_type.items():
             self._metrics.usage_quantity.labels(usage_type.name).inc(quantity)
+
+    def _fail(self, group: list[Submission], exc: StorageUnavailable) -> None:
+        self._metrics.persist_failures.inc()
+        log.warning("group commit failed; nothing acknowledged", batches=len(group), error=str(exc))
+        for submission in group:
+            if not submission.future.done():
+                submission.future.set_exception(StorageUnavailable(str(exc)))
+
+    def _fail_internal(self, group: list[Submission], exc: Exception) -> None:
+        self._metrics.persist_failures.inc()
+        self._metrics.internal_errors.labels("persister").inc()
+        log.error("group commit failed; nothing acknowledged", batches=len(group), exc_info=exc)
+        for submission in group:
+            if not submission.future.done():
+                submission.future.set_exception(
+                    InternalFailure(f"storing usage failed: {exc.__class__.__name__}")
+                )
+
+
+def _first_of_each_key(
+    checked: list[list[Checked]],
+) -> tuple[dict[tuple[str, str], Candidate], list[tuple[str, str]], set[int]]:
+    """(The first candidate of each key (record id, period), the keys of the records refused
+    as closed before any candidate of theirs, the identities of those refused after one).
+
+    A later candidate of a key in the group is a DUPLICATE. So is a record refused as
+    closed after a candidate of its key (stored by then, by this group or before it); one
+    refused before any is a DUPLICATE only if its key was stored before the group
+    (`closed`, looked up before the insert)."""
+    first: dict[tuple[str, str], Candidate] = {}
+    closed: list[tuple[str, str]] = []
+    repeated: set[int] = set()
+    for items in checked:
+        for item in items:
+            if type(item) is Candidate:
+                key = (item.record_id, item.period)
+                if key not in first:
+                    first[key] = item
+            elif type(item) is UnlessCounted:
+                key = (item.refusal.record_id, item.period)
+                if key in first:
+                    repeated.add(id(item))
+                else:
+                    closed.append(key)
+    return first, closed, repeated
