@@ -17,6 +17,7 @@ from service.domain import model as m
 from service.domain.errors import InvalidArgument
 from service.domain.limits import MAX_ID_LENGTH, MAX_RECORD_QUANTITY, id_problem
 from service.ingestion.records import InvalidRecord, RecordResult
+from service.ops.hotpath import positional
 from service.usecases.sim_status import SimView
 
 E = TypeVar("E", bound=enum.Enum)
@@ -188,10 +189,6 @@ def account_to_proto(a: m.Account) -> pb.Account:
     )
 
 
-def usage_quantities(pairs: Iterable[tuple[m.UsageType, int]]) -> list[pb.UsageQuantity]:
-    return [pb.UsageQuantity(usage_type=t.value, quantity=q) for t, q in pairs]  # type: ignore[arg-type]
-
-
 # --- usage ---------------------------------------------------------------------------------
 
 _MAX_ID = MAX_ID_LENGTH
@@ -211,7 +208,7 @@ def records_from_proto(
     out: list[m.UsageRecord | InvalidRecord] = []
     append = out.append
     usage_types = m.USAGE_TYPES_BY_VALUE
-    epoch, new, delta = _EPOCH, tuple.__new__, timedelta
+    epoch, new, delta = _EPOCH, positional, timedelta
     for r in records:
         record_id, iccid, session_id = r.record_id, r.iccid, r.session_id
         usage_type = usage_types.get(r.usage_type)
@@ -232,7 +229,7 @@ def records_from_proto(
         ):
             event_time = epoch + delta(0, seconds, nanos // 1000)
             record = (record_id, iccid, usage_type, quantity, event_time, session_id)
-            append(new(m.UsageRecord, record))  # a NamedTuple's own __new__ is 3x slower
+            append(new(m.UsageRecord, record))  # hotpath: positional construction
         else:
             append(record_from_proto(r))
     return out

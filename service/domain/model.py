@@ -18,7 +18,7 @@ class UsageType(enum.IntEnum):  # IntEnum: hashed in C, it keys the hot counters
     SMS = 3  # messages
 
 
-# By proto/database value: a dict look-up, cheaper than UsageType(value) on hot paths.
+# By proto/database value (hotpath: enum members without Enum's machinery, service/ops/hotpath.py).
 USAGE_TYPES_BY_VALUE = {t.value: t for t in UsageType}
 
 

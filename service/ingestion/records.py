@@ -22,7 +22,7 @@ class RecordStatus(enum.IntEnum):
     FUTURE_EVENT = 8
 
 
-RATED = RecordStatus.RATED  # enum member lookups are slow on the hot path
+RATED = RecordStatus.RATED  # hotpath: enum members without Enum's machinery
 
 
 class RecordResult(NamedTuple):

@@ -9,6 +9,7 @@ from service.domain.errors import InvalidArgument
 from service.domain.model import ActivationMode, SimState, UsageType
 from service.domain.pricing import estimate_charge, marginal_price, rated_quantity
 from service.ops.clock import Clock
+from service.ops.hotpath import positional
 from service.state.cache import StateCache
 from service.state.periods import PeriodLookup
 
@@ -82,9 +83,7 @@ def authorize(
                 rate, used, rated_quantity(requested_quantity, rate), included
             )
     deny = _DENIED_STATES.get(sim.state._value_)
-    # Positional, in the fields' order, and through tuple.__new__: a NamedTuple's own
-    # __new__ is a Python function, one more call.
-    return _new(
+    return positional(  # hotpath: positional construction
         Authorization,
         (
             deny is None,
@@ -98,6 +97,3 @@ def authorize(
             estimate,
         ),
     )
-
-
-_new = tuple.__new__

@@ -9,6 +9,7 @@ from service.domain.activation import activation_deadline, threshold_progress
 from service.domain.model import Sim, UsageType
 from service.domain.periods import period_containing
 from service.ops.clock import Clock
+from service.ops.hotpath import positional
 from service.state.cache import StateCache
 from service.state.periods import PeriodLookup
 
@@ -36,10 +37,9 @@ def sim_view(
         period_name = periods.name(account, now)
     else:
         period_name = period_containing(now, account.timezone, account.billing_day).name
-    # Positional, in the fields' order (sim, activation_deadline, first_use_progress,
-    # current_period, period_usage), through tuple.__new__: keywords, or a NamedTuple's own
-    # __new__ (a Python function), cost more at every call.
-    return _new(
+    # hotpath: positional construction (sim, activation_deadline, first_use_progress,
+    # current_period, period_usage).
+    return positional(
         SimView,
         (
             sim,
@@ -50,9 +50,6 @@ def sim_view(
             _by_usage_type([(c.usage_type, c.raw_quantity) for c in usage.in_period(period_name)]),
         ),
     )
-
-
-_new = tuple.__new__
 
 
 def _by_usage_type(pairs: list[tuple[UsageType, int]]) -> list[tuple[UsageType, int]]:
