@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -214,11 +214,9 @@ class ObservedHandlers(grpc.GenericRpcHandler):
         return None  # no such method (nothing is remembered for it)
 
 
-class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authentication, metrics, the log line and error mapping for every RPC.
-
-    The service applies it to its servicers' handlers when adding them (`observed`);
-    as a grpc.aio server interceptor (`intercept_service`) it does the same per call."""
+class ObservabilityInterceptor:
+    """Authentication, metrics, the log line and error mapping for every RPC: the service
+    applies it to its servicers' handlers when adding them (`observed`)."""
 
     def __init__(
         self, metrics: Metrics, auth: Authenticator | None = None, log_reads_every: int = 1
@@ -226,29 +224,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         self._metrics = metrics
         self._auth = auth or Authenticator(None)
         self._log_reads_every = log_reads_every
-        # By method: the servicer's handler and its wrapped form, built at the first call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     def observed(self) -> ObservedHandlers:
         """A generic handler to add services' generic handlers to, with every method
-        wrapped as `intercept_service` wraps it, but without grpc.aio's interceptor
-        pipeline: no coroutine per call to find the handler (see docs/performance.md)."""
+        wrapped (authentication, metrics, log line, error mapping), without grpc.aio's
+        interceptor pipeline: no coroutine per call to find the handler (see
+        docs/performance.md)."""
         return ObservedHandlers(self._wrap)
 
     def _book(self, method: str, grpc_type: str) -> _Method:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 from service.domain.errors import InvalidArgument
@@ -73,6 +73,3 @@ class TestClock:
             for work in self._due_work:
                 await work(self._now)
             return self._now
-
-    async def advance_by(self, delta: timedelta) -> datetime:
-        return await self.advance_to(self._now + delta)
