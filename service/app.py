@@ -1,16 +1,18 @@
 """Wiring: database, cache, workers and the gRPC server, started and stopped in order.
+Each step is a call into the module that owns it; nothing here loads, counts or stores.
 
-Start: database (embedded if no URL) -> migrations -> cache load (the last usage checkpoint
-and a replay of the records after it) -> workers -> gRPC server -> health SERVING.
+Start: database (embedded if no URL) -> migrations -> cache load (`recovery.load_cache`:
+the last usage checkpoint and a replay of the records after it) -> the persister and the
+workers -> gRPC server -> health SERVING.
 
 Stop, all within `shutdown_grace_s`: health NOT_SERVING and streams stop reading ->
 server.stop(grace): no new calls; in-flight calls finish while the persister keeps
 committing, so every batch already received (a unary call's, or one a stream read) is
 committed and acknowledged, and each stream then ends UNAVAILABLE -> the persister
 commits what is still queued and counts its last group, then returns -> the other
-workers are cancelled -> a last usage checkpoint -> pool closed with a deadline. What
-was not committed by then was not acknowledged: the client resends it (record ids make
-that safe).
+workers are cancelled -> a last usage checkpoint (`CheckpointWorker.write_last`) -> pool
+closed with a deadline. What was not committed by then was not acknowledged: the client
+resends it (record ids make that safe).
 
 A worker that crashes stops the service the same way; its cause is logged once and the
 process exits with EXIT_WORKER_CRASHED.
@@ -152,8 +154,9 @@ class Application:
         # One lock orders every change of SIM state: catalog and provisioning writes,
         # group commits and activations never interleave between check and commit.
         state_lock = self.state_lock = StateLock()
-        self.engine = UsageEngine(self.cache, self.clock)
-        self.engine.on_correction_rejected = self._correction_rejected
+        self.engine = UsageEngine(
+            self.cache, self.clock, on_correction_rejected=self._correction_rejected
+        )
         with loading_heap():
             committed_seq = await recovery.load_cache(
                 self.pool, self.cache, self.engine, self.metrics

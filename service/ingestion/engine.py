@@ -63,13 +63,23 @@ _FUTURE_DETAIL = (
 )
 
 
+def _ignore_rejected(sim: Sim, start: datetime) -> None:
+    pass
+
+
 class UsageEngine:
-    def __init__(self, cache: StateCache, clock: Clock) -> None:
+    def __init__(
+        self,
+        cache: StateCache,
+        clock: Clock,
+        *,
+        on_correction_rejected: Callable[[Sim, datetime], None] = _ignore_rejected,
+    ) -> None:
         self._cache = cache
         self._clock = clock
         self.periods = PeriodLookup()
         # Told about a billing start correction refused because it reaches a settled period.
-        self.on_correction_rejected: Callable[[Sim, datetime], None] = lambda sim, start: None
+        self._on_correction_rejected = on_correction_rejected
 
     # --- 1. checks ----------------------------------------------------------------------------
 
@@ -206,7 +216,7 @@ class UsageEngine:
             return None
         new_start, reason = decided
         if self._reaches_settled_period(sim, new_start):
-            self.on_correction_rejected(sim, new_start)
+            self._on_correction_rejected(sim, new_start)
             return None
         return started_sim(sim, new_start, reason)
 
