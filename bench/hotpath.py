@@ -56,6 +56,7 @@ from rating.v1 import rating_service_pb2 as r
 from rating.v1 import types_pb2 as t
 from service.api.convert import time_to_proto
 from service.domain.model import (
+    USAGE_TYPES_BY_VALUE,
     Account,
     BillingStartReason,
     Sim,
@@ -64,7 +65,8 @@ from service.domain.model import (
     UsageType,
 )
 from service.domain.periods import period_containing
-from service.ingestion.records import Candidate, RecordResult, RecordStatus
+from service.ingestion.records import RATED, Candidate, RecordResult, RecordStatus
+from service.ops.hotpath import positional
 from service.ops.metrics import RpcMetrics
 from service.state.cache import SimUsage, StateCache, UsageCounters
 from service.state.periods import PeriodLookup
@@ -142,7 +144,7 @@ class Measured:
 
 # --- the comparisons ------------------------------------------------------------------------
 
-_NEW = tuple.__new__  # the service's positional construction
+_NEW = positional  # the service's positional construction (service.ops.hotpath)
 _NOW = datetime(2026, 1, 15, 12, tzinfo=UTC)
 _BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -232,7 +234,6 @@ def _answers() -> list[Statements]:
 
 
 def _enums() -> list[Statements]:
-    members = {member.value: member for member in UsageType}
     by_number = {SimState.SUSPENDED._value_: DenyReason.SUSPENDED}
     by_member = {SimState.SUSPENDED: DenyReason.SUSPENDED}
     return [
@@ -255,11 +256,23 @@ def _enums() -> list[Statements]:
         ),
         Statements(
             "enum_from_number_dict",
-            "service/api/convert.py enum_from_proto",
+            "service/domain/model.py USAGE_TYPES_BY_VALUE; service/api/convert.py enum_from_proto",
             "a dict look-up costs a fifth of calling the type",
             "out = members.get(number)",
             "out = UsageType(number)",
-            {"members": members, "UsageType": UsageType, "number": t.USAGE_TYPE_DATA},
+            {
+                "members": USAGE_TYPES_BY_VALUE,
+                "UsageType": UsageType,
+                "number": t.USAGE_TYPE_DATA,
+            },
+        ),
+        Statements(
+            "enum_member_constant",
+            "service/ingestion/records.py RATED (the record loops)",
+            "a member read through its class in a loop is read once into a module constant",
+            "out = RATED",
+            "out = RecordStatus.RATED",
+            {"RATED": RATED, "RecordStatus": RecordStatus},
         ),
     ]
 
