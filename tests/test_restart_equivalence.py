@@ -390,6 +390,11 @@ class RestartEquivalence(RuleBasedStateMachine):
                 reference = Answer(reference.code, reference.details, expected)
         assert_same(f"RateUsage in flight at SIG{sig}", reference, subject)
 
+    @rule(days=st.integers(1, 12))
+    def advance_days(self, days: int) -> None:
+        """Time moves on by days as often as by hours: grace periods end, periods close."""
+        self.advance_clock(24 * days)
+
     @rule(hours=st.sampled_from([1, 5, 24, 72, 24 * 5, 24 * 9]))
     def advance_clock(self, hours: int) -> None:
         self.now += hours * HOUR
