@@ -11,9 +11,10 @@ import asyncio
 import os
 import random
 from collections import Counter, defaultdict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from hypothesis import event, example, given, seed, settings, target
@@ -233,10 +234,11 @@ class Example:
             request.provisioned_at.FromDatetime(p0.start)
             await stubs.provisioning.ProvisionSims(request)
         # Every action at the instant it is sent; the clock moves forward to it.
-        actions: list[tuple[datetime, int, Coroutine[Any, Any, object] | None]] = []
+        # Callables, not coroutines: a failure leaves none of them created and never awaited.
+        actions: list[tuple[datetime, int, Callable[[], Awaitable[None]] | None]] = []
         for sim, fraction in s.terminations.items():
             when = at(p0, fraction)
-            actions.append((when, -1, self._terminate(self.sims[sim], when)))
+            actions.append((when, -1, partial(self._terminate, self.sims[sim], when)))
         settle_at = p0.end + HOUR  # before the worker's late usage window ends
         for n, u in enumerate(s.usage):
             period = p0 if u.period == 0 else p1
@@ -248,14 +250,14 @@ class Example:
             kind = t.USAGE_TYPE_SMS if u.sms else t.USAGE_TYPE_DATA
             quantity = u.quantity % 5 if u.sms else u.quantity
             one = record(f"{self.account_id}-{n}", self.sims[u.sim], quantity, event, kind)
-            actions.append((sent, n, self._send(n, one)))
+            actions.append((sent, n, partial(self._send, n, one)))
         actions.append((settle_at, len(s.usage), None))
         actions.sort(key=lambda a: (a[0], a[1]))
         for when, _, action in actions:
             if when > app.clock.now():
                 await advance(stubs, when)
             if action is not None:
-                await action
+                await action()
             else:
                 await self._compare(p0)
                 await self._settle(p0)
