@@ -176,13 +176,13 @@ async def data_counters(stubs: Stubs, sims: Sequence[str]) -> dict[str, int]:
     """The DATA period_usage of every SIM, as GetSimStatus shows it (0 when none)."""
 
     async def one(iccid: str) -> int:
-        got = await stubs.rating.GetSimStatus(
+        got: r.GetSimStatusResponse = await stubs.rating.GetSimStatus(
             r.GetSimStatusRequest(iccid=iccid), timeout=CALL_TIMEOUT
         )
         usage = {u.usage_type: u.quantity for u in got.status.period_usage}
         return usage.get(t.USAGE_TYPE_DATA, 0)
 
-    counters = {}
+    counters: dict[str, int] = {}
     for start in range(0, len(sims), 100):
         chunk = sims[start : start + 100]
         counters.update(zip(chunk, await asyncio.gather(*(one(s) for s in chunk)), strict=True))
@@ -433,7 +433,8 @@ async def test_kill_9_while_sims_are_part_way_to_their_threshold(
 async def health_status(channel: grpc.aio.Channel) -> str:
     stub = health_pb2_grpc.HealthStub(channel)
     got = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT)
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(got.status)
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(got.status)
+    return name
 
 
 async def test_postgres_stopped_under_load_then_started_again() -> None:

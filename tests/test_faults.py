@@ -166,9 +166,11 @@ async def previews(stubs: Stubs, accounts: Sequence[str]) -> dict[tuple[str, str
 
 async def settle(stubs: Stubs, account_id: str, period: str) -> t.Invoice:
     request = b.SettlePeriodRequest(account_id=account_id, period=period)
-    invoice = (await stubs.billing.SettlePeriod(request, timeout=CALL_TIMEOUT)).invoice
-    assert invoice.final
-    return invoice
+    response: b.SettlePeriodResponse = await stubs.billing.SettlePeriod(
+        request, timeout=CALL_TIMEOUT
+    )
+    assert response.invoice.final
+    return response.invoice
 
 
 async def settle_all(
@@ -587,7 +589,9 @@ async def test_a_commit_still_running_when_its_connection_broke_is_counted_once(
 
                 async def rate(record_id: str, quantity: int) -> t.RecordResult:
                     request = r.RateUsageRequest(records=[record(record_id, sim, quantity, when)])
-                    response = await stubs.rating.RateUsage(request, timeout=CALL_TIMEOUT)
+                    response: r.RateUsageResponse = await stubs.rating.RateUsage(
+                        request, timeout=CALL_TIMEOUT
+                    )
                     [result] = response.results
                     return result
 

@@ -52,7 +52,9 @@ async def statuses(stubs: Stubs, sims: list[str]) -> list[bytes]:
 
 
 async def preview(stubs: Stubs) -> bytes:
-    got = await stubs.billing.GetBillPreview(b.GetBillPreviewRequest(account_id="A"))
+    got: b.GetBillPreviewResponse = await stubs.billing.GetBillPreview(
+        b.GetBillPreviewRequest(account_id="A")
+    )
     return got.invoice.SerializeToString(deterministic=True)
 
 
