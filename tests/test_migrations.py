@@ -18,11 +18,12 @@ from service.ingestion.records import Candidate
 from service.ops.metrics import Metrics
 from service.storage import catalog, database, usage_records
 from service.storage.sims import insert_sims
-from tests.conftest import RUN_ID, _with_database
+from tests.conftest import RUN_ID
 from tests.conftest import test_settings as settings_for
 from tests.support import T0, Stubs
 from tests.support.billing import line, preview
 from tests.support.builders import account_a, plan_p
+from tests.support.postgres import with_database
 from tests.support.usage import rate, record
 
 
@@ -31,7 +32,7 @@ async def test_concurrent_migrations_apply_each_file_once(server_url: str) -> No
     admin = await asyncpg.connect(server_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        conns = [await asyncpg.connect(_with_database(server_url, name)) for _ in range(4)]
+        conns = [await asyncpg.connect(with_database(server_url, name)) for _ in range(4)]
         try:
             applied = await asyncio.gather(*(database.migrate(conn) for conn in conns))
             names = [m.name for m in database.migrations()]
@@ -104,7 +105,7 @@ async def test_partitioning_keeps_every_record_once_and_ingestion_works(
     name = f"simrating_{RUN_ID}_m4_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(server_url, name)
+    url = with_database(server_url, name)
     try:
         conn = await asyncpg.connect(url)
         try:
