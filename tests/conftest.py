@@ -50,7 +50,7 @@ def server_url() -> Iterator[str]:
     # locks out the unprivileged user pgserver runs PostgreSQL as when we are root.
     base = Path(tempfile.mkdtemp(prefix="simrating-test-pg-"))
     base.chmod(0o755)
-    server = pgserver.get_server(base / "data", cleanup_mode="delete")
+    server = pgserver.get_server(base / "data", cleanup_mode="delete")  # type: ignore[attr-defined]
     try:
         yield server.get_uri()
     finally:

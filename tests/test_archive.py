@@ -3,7 +3,7 @@ its invoice stays, its records are never counted again; the open period is untou
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -24,11 +24,11 @@ TOTALS = (
 )
 
 
-def _records(prefix: str, sims: list[str], start: object, count: int) -> list[t.UsageRecord]:
+def _records(prefix: str, sims: list[str], start: datetime, count: int) -> list[t.UsageRecord]:
     out = []
     for n in range(count):
         usage_type = t.USAGE_TYPE_SMS if n % 4 == 0 else t.USAGE_TYPE_DATA
-        when = start + timedelta(minutes=7 * n)  # type: ignore[operator]
+        when = start + timedelta(minutes=7 * n)
         out.append(record(f"{prefix}-{n}", sims[n % len(sims)], 1_000 + 13 * n, when, usage_type))
     return out
 

@@ -77,7 +77,8 @@ async def _unpartitioned_history(conn: asyncpg.Connection) -> dict[str, int]:
         ],
     )
     rate = plan.rate_for(UsageType.DATA)
-    rows, rated = [], {}
+    rows: list[Candidate] = []
+    rated: dict[str, int] = {}
     for month in (10, 11, 12):
         period = f"2025-{month:02d}"
         for n in range(300):

@@ -102,7 +102,7 @@ async def test_session_start_reads_are_counted_and_mapped_like_every_call(
     unknown = "8999000000000000000"
     value = app.metrics.registry.get_sample_value
     anonymous = {"caller": "anonymous"}
-    callers_before = value("rating_rpc_calls_total", anonymous)
+    callers_before = value("rating_rpc_calls_total", anonymous) or 0.0
     status = await stubs.rating.GetSimStatus(r.GetSimStatusRequest(iccid=sim))
     assert status.status.iccid == sim and status.status.state == t.SIM_STATE_ACTIVE
     denied = await stubs.rating.AuthorizeSession(

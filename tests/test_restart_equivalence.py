@@ -245,7 +245,7 @@ class RestartEquivalence(RuleBasedStateMachine):
             request = c.PutAccountRequest(account=account(self.world, name))
             self.same("catalog", "PutAccount", request)
         # Provisioned before and at the clock, on every plan of both accounts.
-        for name, plan, days_ago in [
+        for name, plan_id, days_ago in [
             ("A", "FUP", 5),
             ("A", "FUP", 5),
             ("A", "FUP", 2),
@@ -255,7 +255,7 @@ class RestartEquivalence(RuleBasedStateMachine):
             ("B", "FUP", 0),
             ("B", "IMM", 5),
         ]:
-            self.provision(name, plan, self.now - timedelta(days=days_ago))
+            self.provision(name, plan_id, self.now - timedelta(days=days_ago))
 
     def provision(self, name: str, plan: str, at: datetime) -> None:
         [iccid] = iccids(int(self.world) * 1_000 + len(self.sims), 1)

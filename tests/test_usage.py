@@ -166,7 +166,7 @@ async def test_period_closed_but_counted_ids_stay_duplicate(
 async def test_stream_acknowledges_in_order(stubs: Stubs) -> None:
     sims = await account_with_sims(stubs, 4)
 
-    async def batches():  # type: ignore[no-untyped-def]
+    async def batches() -> AsyncIterator[r.StreamUsageRequest]:
         for n in range(20):
             yield r.StreamUsageRequest(
                 batch_id=f"b{n}",

@@ -185,7 +185,7 @@ class Fuzzer:
         self,
         records: list[t.UsageRecord],
         results: list[t.RecordResult],
-        stored: dict[str, t.UsageRecord] | None = None,
+        stored: dict[tuple[str, str], t.UsageRecord] | None = None,
     ) -> None:
         """`stored` (a retry of records in doubt): for each of their ids stored before the
         retry, the record stored with it. A DUPLICATE of an id not counted yet then means a

@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import strategies as st
 
 from rating.v1 import catalog_service_pb2 as c
@@ -137,6 +138,7 @@ def hostile_ints(field: FieldDescriptor) -> st.SearchStrategy[int]:
 
 
 def hostile_enums(field: FieldDescriptor) -> st.SearchStrategy[int]:
+    assert field.enum_type is not None
     defined = [v.number for v in field.enum_type.values]
     return st.sampled_from([*defined, *defined, 99, -5, INT32_MAX, INT32_MIN])
 
@@ -154,7 +156,7 @@ SECONDS_EXTREMES = [
 NANOS = [0, 999_999_999, 1_000_000_000, -1, INT32_MAX, INT32_MIN, 500]
 
 
-def hostile_timestamps(model: Model, *, far_future: bool = True) -> st.SearchStrategy[Message]:
+def hostile_timestamps(model: Model, *, far_future: bool = True) -> st.SearchStrategy[Timestamp]:
     extremes = SECONDS_EXTREMES if far_future else [s for s in SECONDS_EXTREMES if s < 10**10]
     seconds = weighted(
         (3, st.integers(-40 * 86400, 600).map(lambda offset: model.now_seconds() + offset)),
@@ -165,10 +167,8 @@ def hostile_timestamps(model: Model, *, far_future: bool = True) -> st.SearchStr
     return st.builds(lambda s, n: timestamp(s, n), seconds, nanos)
 
 
-def timestamp(seconds: int, nanos: int) -> Message:
-    ts = t.UsageRecord().event_time.__class__()
-    ts.seconds, ts.nanos = seconds, nanos
-    return ts
+def timestamp(seconds: int, nanos: int) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def hostile_durations() -> st.SearchStrategy[Message]:
@@ -218,12 +218,14 @@ def string_values(field: FieldDescriptor, method: str) -> st.SearchStrategy[str]
 def message_values(
     field: FieldDescriptor, method: str, model: Model, depth: int
 ) -> st.SearchStrategy[Message]:
-    name = field.message_type.full_name
+    message_type = field.message_type
+    assert message_type is not None
+    name = message_type.full_name
     if name == "google.protobuf.Timestamp":
         return hostile_timestamps(model, far_future=method != "AdvanceTime")
     if name == "google.protobuf.Duration":
         return hostile_durations()
-    return generic(field.message_type, method, model, depth + 1)
+    return generic(message_type, method, model, depth + 1)
 
 
 def scalar_values(
@@ -378,7 +380,7 @@ def past(model: Model, most_days: int) -> st.SearchStrategy[Message]:
 
 def valid_records(model: Model) -> st.SearchStrategy[t.UsageRecord]:
     def build(
-        record_id: str, iccid: str, usage_type: int, quantity: int, when: Message
+        record_id: str, iccid: str, usage_type: int, quantity: int, when: Timestamp
     ) -> t.UsageRecord:
         out = t.UsageRecord(
             record_id=record_id,
@@ -501,9 +503,11 @@ def r_billing() -> Any:
 
 def leaves(msg: Message) -> Iterator[tuple[Message, FieldDescriptor, int | None]]:
     """Every field of the tree a mutation may replace: (parent, field, index if repeated)."""
-    for field in msg.DESCRIPTOR.fields:
+    field: FieldDescriptor
+    for field in msg.DESCRIPTOR.fields:  # type: ignore[assignment]  # upb's or pure Python's
         is_leaf_message = field.type == FieldDescriptor.TYPE_MESSAGE and (
-            field.message_type.full_name.startswith("google.protobuf.")
+            field.message_type is not None
+            and field.message_type.full_name.startswith("google.protobuf.")
         )
         if field.is_repeated:
             items = getattr(msg, field.name)
