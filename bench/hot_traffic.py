@@ -17,7 +17,7 @@ tiers, and estimates that cross a tier bound.
 
 `Expected` recomputes, from the records alone and the plans as sent (not through the
 service's code), what AuthorizeSession and GetSimStatus must answer for each SIM, as the
-product contract states it (docs: DESIGN "Plan", "Activation", rating_service.proto):
+product contract states it (docs/rating.md, docs/activation.md, rating_service.proto):
 the SIM's own charged rated DATA (or its account's on a pooled plan) against its
 allowance (or the pool's: included x the account's SIMs on the plan), the marginal tier
 price at that position, what is left of the allowance, and the estimate of the requested

@@ -18,7 +18,7 @@ invoice per account in `invoices`, rating_settlements_total{result="settled"} = 
 every invoice bills its 100 SIMs, and the USAGE lines add up to the rated quantity of
 every stored record. And every account's invoice, read through BillingService.GetInvoice,
 equals the one `expected_invoice` computes from the records sent and the contract
-(DESIGN "Settlement of a period"), line by line: the subscription of its SIMs for the
+(docs/settlement.md), line by line: the subscription of its SIMs for the
 whole month, the USAGE line (rated quantity, the part above each SIM's 10 MiB, priced and
 rounded once half-up to cents), the SIM-commitment shortfall (120 SIMs at the plan's fee)
 and the MINIMUM_SPEND_TRUE_UP that brings the total to the 500 EUR minimum, and the total.

@@ -1,5 +1,5 @@
-"""BillingService through a real channel: DESIGN.md's worked example, previews, settling
-on demand, idempotence, errors, invoices across a restart, and the settlement metrics."""
+"""BillingService through a real channel: docs/settlement.md's worked example, previews,
+settling on demand, idempotence, errors, invoices across a restart, and the settlement metrics."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 `usage_state.period_facts` reads an account-period's facts from the stored state alone
 (SIMs, usage_aggregates, the records after the checkpoint, usage_uncharged), and they give
 the same invoice as the facts in memory, through the same pure `compute_invoice`. Every
-record's answer (status, rated quantity, charged, started_billing) is the one DESIGN's rules
-give at the instant it is sent (tests/support/usage_state.py)."""
+record's answer (status, rated quantity, charged, started_billing) is the one the
+contract's rules (docs/) give at the instant it is sent (tests/support/usage_state.py)."""
 
 from __future__ import annotations
 
@@ -273,7 +273,7 @@ class Example:
     def _expected(self, one: t.UsageRecord) -> tuple[int, int, bool, bool]:
         """(status, rated quantity, charged, started_billing) the record must get now: the
         SIM's billing start recomputed from its records accepted so far (this one too) at
-        the service's clock, by DESIGN "Activation"."""
+        the service's clock, by docs/activation.md."""
         iccid, when = one.iccid, one.event_time.ToDatetime(tzinfo=UTC)
         plan = self.rules[self.plan_of[iccid]]
         terminated = self.terminated.get(iccid)

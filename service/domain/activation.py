@@ -1,4 +1,4 @@
-"""Activation: when a SIM's subscription starts (DESIGN "Activation").
+"""Activation: when a SIM's subscription starts (docs/activation.md).
 
 IMMEDIATE plans bill from provisioning. FIRST_USE plans bill from the earlier of first use
 (the instant the cumulative raw quantity of a threshold's usage type reaches it) and the

@@ -1,4 +1,4 @@
-"""Settlement: the invoice of one account for one period (DESIGN "Settlement of a period").
+"""Settlement: the invoice of one account for one period (docs/settlement.md).
 
 Lines, each computed with exact Fractions and rounded once, half-up, to the minor unit:
 

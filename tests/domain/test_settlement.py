@@ -1,4 +1,4 @@
-"""Settlement: DESIGN.md's worked example, each line rule, and invoice-wide properties."""
+"""Settlement: docs/settlement.md's worked example, each line rule, invoice-wide properties."""
 
 from __future__ import annotations
 

@@ -124,7 +124,8 @@ async def failure(call: object) -> tuple[grpc.StatusCode, str]:
 
 
 async def worked_example(stubs: Stubs) -> None:
-    """DESIGN.md's account A through January; the clock ends at 2026-02-01 00:00."""
+    """docs/settlement.md's worked example, account A through January; the clock ends at
+    2026-02-01 00:00."""
     await put_plans(stubs, first_use_plan("P"))
     await put_account(stubs, schedule=[step("2026-01", 3, "P", 10 * EUR)])
     await provision(stubs, [SIM1, SIM2], T0)

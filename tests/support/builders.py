@@ -1,4 +1,4 @@
-"""Builders shared by the domain tests: plans, accounts and DESIGN.md's worked example."""
+"""Builders shared by the domain tests: plans, accounts, docs/settlement.md's worked example."""
 
 from __future__ import annotations
 

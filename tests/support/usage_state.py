@@ -7,7 +7,7 @@ Two levels:
   against the stored ones.
 - `recompute` and the `check_*` functions after it: the whole state recomputed from the
   stored facts alone (plans, accounts, SIMs as provisioned and terminated, the accepted
-  usage records, the invoices) by DESIGN.md's rules, written out here and not taken from
+  usage records, the invoices) by the contract's rules (docs/), written out here and not taken from
   the service's code: each SIM's billing start and its reason, per SIM, period and usage
   type the raw and charged totals, the records kept as uncharged, first-use progress,
   pooled usage and the bill. Held against the stored state, the cache, and the answers of
@@ -201,7 +201,7 @@ async def check_checkpoint(conn: asyncpg.Connection) -> int:
 #
 # `recompute` reads what callers sent and the service stored as facts (plans, accounts, SIMs
 # as provisioned and terminated, the accepted usage records, the invoices) and derives the
-# rest by DESIGN.md's rules, written out here and not taken from the service's code: each
+# rest by the contract's rules (docs/), written out here and not taken from the service's code: each
 # SIM's billing start and its reason, the raw and charged totals per SIM, period and usage
 # type, the records kept as uncharged, first-use progress, pooled usage and the bill. The
 # checks below hold the stored state, the cache and the API's answers against it.
@@ -377,7 +377,7 @@ def billing_start(
     records: Iterable[tuple[datetime, int, int]],
     now: datetime,
 ) -> Start:
-    """DESIGN "Activation": IMMEDIATE at provisioning; FIRST_USE at the earlier of first use
+    """docs/activation.md: IMMEDIATE at provisioning; FIRST_USE at the earlier of first use
     and the deadline (provisioning + grace). The deadline takes effect once it has come; a
     first use at or after it already makes the deadline certain. A SIM terminated by its
     deadline never reaches it."""
@@ -540,7 +540,7 @@ class Recomputed:
         self, account_id: str, period: tuple[str, datetime, datetime]
     ) -> tuple[int, list[Line]]:
         """(billable SIMs, lines as (kind, plan, usage type, quantity, chargeable, amount))
-        of the account-period, by DESIGN "Settlement of a period"."""
+        of the account-period, by docs/settlement.md."""
         account = self.accounts[account_id]
         name, start, end = period
         days_in_period = local_days(start, end, account.timezone)
@@ -663,9 +663,9 @@ def _reaches_settled(
 async def recompute(conn: asyncpg.Connection, now: datetime) -> Recomputed:
     """The usage state the stored facts imply at `now` (the service's clock).
 
-    Billing starts follow DESIGN "Activation" from each SIM's stored records; where the
+    Billing starts follow docs/activation.md from each SIM's stored records; where the
     service kept a later start than that because the move would have reached a settled
-    period (DESIGN: such a correction is not applied), the kept one is taken and listed in
+    period (docs/activation.md: not applied), the kept one is taken and listed in
     `refused_corrections`. Every stored record's period and rated quantity are checked
     against the account's periods and the plan's rounding on the way."""
     plans = {
