@@ -306,7 +306,7 @@ class UsageEngine:
         # The ingestion hot path: one loop for the group, every lookup done once, inline.
         cache = self._cache
         plans, usage_by_sim = cache.plans, cache.usage
-        mark_dirty, add_pool_usage = cache.mark_dirty, cache.add_pool_usage
+        mark_dirty, add_pool_usage = cache.dirty_marker(), cache.add_pool_usage
         first_use, first_use_start = ActivationMode.FIRST_USE, BillingStartReason.FIRST_USE
         new = positional
         last_plan: Plan | None = None
