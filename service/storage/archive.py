@@ -35,18 +35,9 @@ import asyncpg
 from service.domain.model import UsageType
 from service.domain.periods import parse_period_name, period_named
 from service.storage import partitions
+from service.storage.usage_records import USAGE_COLUMNS
 
-COLUMNS = (
-    "record_id",
-    "iccid",
-    "usage_type",
-    "quantity",
-    "rated_quantity",
-    "event_time",
-    "session_id",
-    "period",
-    "received_at",
-)
+COLUMNS = (*USAGE_COLUMNS, "received_at")
 
 
 @dataclass(frozen=True, slots=True)
