@@ -221,6 +221,10 @@ class RestartEquivalence(RuleBasedStateMachine):
                 self.statuses[name] = self.statuses.get(name, 0) + 1
                 event(f"record {name}")
 
+    def new_record_id(self) -> str:
+        self.records_drawn += 1
+        return f"w{self.world}-r{self.records_drawn}"
+
     def account_id(self, name: str) -> str:
         return f"{name}{self.world}"
 
@@ -303,8 +307,7 @@ class RestartEquivalence(RuleBasedStateMachine):
         if sent and draw(st.integers(0, 19)) == 0:
             record_id = draw(st.sampled_from(sorted(sent)))  # a reused id, other contents
         else:
-            machine.records_drawn += 1
-            record_id = f"w{machine.world}-r{machine.records_drawn}"
+            record_id = machine.new_record_id()
         record = t.UsageRecord(
             record_id=record_id, iccid=iccid, usage_type=usage_type, quantity=quantity
         )
@@ -332,9 +335,8 @@ class RestartEquivalence(RuleBasedStateMachine):
         span = max(int((self.now - self.provisioned[iccid]) / HOUR), 0)
         batch = []
         for _ in range(data.draw(st.integers(1, 2), label="records")):
-            self.records_drawn += 1
             record = t.UsageRecord(
-                record_id=f"w{self.world}-r{self.records_drawn}",
+                record_id=self.new_record_id(),
                 iccid=iccid,
                 usage_type=t.USAGE_TYPE_DATA,
                 quantity=600_000,
@@ -468,9 +470,8 @@ class RestartEquivalence(RuleBasedStateMachine):
         writes in its database, a record makes a checkpoint due, and once the checkpoint
         waits for the lock (its earlier writes made, uncommitted) the subject is killed."""
         iccid = data.draw(st.sampled_from(self.sims), label="iccid")
-        self.records_drawn += 1
         record = t.UsageRecord(
-            record_id=f"w{self.world}-r{self.records_drawn}",
+            record_id=self.new_record_id(),
             iccid=iccid,
             usage_type=t.USAGE_TYPE_SMS,
             quantity=1,
